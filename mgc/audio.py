@@ -1,0 +1,317 @@
+"""Fetch, decode, validate and window one track.
+
+Why typed errors: a catalog run touches millions of objects and some are always broken.
+The pipeline records the failure of each track and goes on, so every failure here is an
+:class:`AudioError` whose ``reason`` is one of :data:`REASONS`; those reasons are what
+an operator counts and fixes (re-upload the truncated ones, drop the text files, ...),
+so they must say precisely what went wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from mgc.config import AudioConfig
+from mgc.storage import filesystem_for
+
+__all__ = [
+    "AudioError",
+    "MISSING",
+    "EMPTY",
+    "NOT_AUDIO",
+    "CORRUPT",
+    "TOO_SHORT",
+    "SILENT",
+    "FETCH_FAILED",
+    "REASONS",
+    "DecodedTrack",
+    "fetch",
+    "decode",
+    "cut_windows",
+    "load_track",
+]
+
+MISSING = "missing"
+"""The object or file does not exist."""
+EMPTY = "empty"
+"""The object exists but has zero bytes."""
+NOT_AUDIO = "not_audio"
+"""The bytes are not a recognised audio format (a text file named ``.mp3``)."""
+CORRUPT = "corrupt"
+"""The bytes claim to be audio but do not decode (truncated, garbled, NaN samples)."""
+TOO_SHORT = "too_short"
+"""Decoded fine but is shorter than ``AudioConfig.min_duration_s``."""
+SILENT = "silent"
+"""Decoded fine but its RMS is below ``AudioConfig.silence_threshold_db`` dBFS."""
+FETCH_FAILED = "fetch_failed"
+"""Any other failure to read the bytes (permissions, network, bad URI)."""
+
+REASONS: tuple[str, ...] = (
+    MISSING, EMPTY, NOT_AUDIO, CORRUPT, TOO_SHORT, SILENT, FETCH_FAILED,
+)
+
+# Leading bytes of containers that only audio files have. If a file starts with one of
+# these but neither decoder can read it, it is a broken audio file (corrupt), not some
+# other kind of file (not_audio).
+_AUDIO_MAGIC: tuple[bytes, ...] = (
+    b"RIFF",  # WAV (RIFF also wraps AVI/WebP, rare enough among audio URIs)
+    b"RF64",
+    b"fLaC",
+    b"OggS",
+    b"ID3",  # MP3 with an ID3v2 tag
+    b"FORM",  # AIFF / AIFC
+    b".snd",  # AU
+    b"caff",
+    b"\x30\x26\xb2\x75\x8e\x66\xcf\x11",  # ASF (WMA)
+)
+
+# A decoder that returns fewer frames than the header declared has met a truncated
+# body. MP3 lengths are an estimate when there is no Xing/LAME header, so allow a
+# little slack before calling a short read corrupt.
+_TRUNCATION_SLACK = 0.02
+_MIN_TRUNCATION_FRAMES = 2 * 1152  # two MPEG-1 layer III frames
+
+_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # streaming writers and RF64 put these in `data`
+
+
+class AudioError(Exception):
+    """A track that cannot be used, with a machine-readable ``reason``.
+
+    ``str(err)`` is ``"<reason>: <detail>"`` so that logs and per-track failure records
+    read the same. Picklable, because Ray ships exceptions between processes.
+    """
+
+    def __init__(self, reason: str, uri: str, detail: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown AudioError reason {reason!r}; expected one of {REASONS}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.uri = uri
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+    def __reduce__(self):
+        return (type(self), (self.reason, self.uri, self.detail))
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedTrack:
+    """A validated track cut into model windows.
+
+    ``eq=False``: comparing numpy arrays with ``==`` is elementwise, so the generated
+    equality would be meaningless; identity equality and hashing are kept instead.
+    """
+
+    windows: np.ndarray  # [n_windows, window_samples] float32
+    duration_s: float  # of the whole decoded track, before windowing
+
+
+def fetch(uri: str) -> bytes:
+    """Read the whole object behind ``uri`` (local path, ``file://``, ``s3://``, ...).
+
+    Everything goes through :func:`mgc.storage.filesystem_for` so S3 endpoints are
+    honoured. Any failure other than "does not exist" becomes ``fetch_failed`` with the
+    exception type in the detail: for a per-track pipeline a bad URI, a permission
+    error and a dropped connection are all "could not get the bytes of this track".
+    """
+    try:
+        fs, path = filesystem_for(uri)
+        with fs.open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError as exc:
+        raise AudioError(MISSING, uri, f"no such object: {uri}") from exc
+    except Exception as exc:  # noqa: BLE001 - any I/O trouble is this track's failure
+        raise AudioError(FETCH_FAILED, uri, f"{type(exc).__name__}: {exc}") from exc
+    if not data:
+        raise AudioError(EMPTY, uri, f"zero bytes: {uri}")
+    return data
+
+
+def _looks_like_audio(data: bytes) -> bool:
+    """True when ``data`` starts like an audio container or an MPEG audio frame."""
+    if data.startswith(_AUDIO_MAGIC):
+        return True
+    if len(data) >= 8 and data[4:8] == b"ftyp":  # MP4 / M4A
+        return True
+    # MPEG audio frame sync: 11 set bits.
+    return len(data) >= 2 and data[0] == 0xFF and (data[1] & 0xE0) == 0xE0
+
+
+def _wav_truncation(data: bytes) -> str | None:
+    """Describe a RIFF/WAVE file whose ``data`` chunk is cut short, else ``None``.
+
+    libsndfile silently shortens such files to the bytes present, so a partial upload
+    would otherwise pass as a valid, shorter track. Only the chunk headers are read.
+    """
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id = data[pos : pos + 4]
+        (size,) = struct.unpack_from("<I", data, pos + 4)
+        if chunk_id == b"data":
+            available = len(data) - pos - 8
+            if size not in _WAV_UNKNOWN_SIZES and available < size:
+                return f"WAV data chunk declares {size} bytes but only {available} present"
+            return None
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def _to_mono_rate(y: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
+    """``[frames, channels]`` (or ``[frames]``) at ``sr_in`` -> mono float32 at ``sr_out``.
+
+    Downmixes before resampling so the resampler sees one channel, not six.
+    """
+    if y.ndim == 2:
+        y = y.mean(axis=1, dtype=np.float32)
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    if sr_in != sr_out and y.size:
+        y = soxr.resample(y, sr_in, sr_out)
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+class _Truncated(Exception):
+    """Internal: the decoder read fine but the body is shorter than declared."""
+
+
+def _decode_soundfile(data: bytes) -> tuple[np.ndarray, int]:
+    """Decode with libsndfile from memory: ``([frames, channels], sample_rate)``.
+
+    Raises ``_Truncated`` when the body is shorter than the header declares.
+    """
+    with sf.SoundFile(io.BytesIO(data)) as handle:
+        declared = handle.frames
+        y = handle.read(dtype="float32", always_2d=True)
+        sr = handle.samplerate
+    shortfall = declared - len(y)
+    if shortfall > max(_MIN_TRUNCATION_FRAMES, _TRUNCATION_SLACK * declared):
+        raise _Truncated(f"decoded {len(y)} of {declared} declared frames")
+    wav_problem = _wav_truncation(data)
+    if wav_problem:
+        raise _Truncated(wav_problem)
+    return y, sr
+
+
+def _decode_audioread(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """Decode through ``librosa.load`` (audioread: ffmpeg, gstreamer, ...) via a temp file.
+
+    For formats libsndfile lacks (AAC/M4A, WMA...). audioread needs a real file, and
+    the original suffix helps backends that pick a demuxer by name. librosa's
+    "PySoundFile failed" and deprecation warnings are expected here and suppressed.
+    """
+    import librosa  # heavy import, only needed on this rare path
+
+    suffix = Path(name).suffix if name else ""
+    if not (1 < len(suffix) <= 6 and suffix[1:].isalnum()):
+        suffix = ""
+    fd, tmp = tempfile.mkstemp(prefix="mgc-decode-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            y, sr = librosa.load(tmp, sr=None, mono=False, dtype=np.float32)
+    finally:
+        os.unlink(tmp)
+    y = np.asarray(y, dtype=np.float32)
+    return (y.T if y.ndim == 2 else y), int(sr)
+
+
+def decode(data: bytes, sample_rate: int, name: str = "") -> np.ndarray:
+    """Decode audio bytes to mono float32 at ``sample_rate``.
+
+    libsndfile (in memory) handles WAV/FLAC/OGG/MP3/AIFF/AU; anything it cannot read
+    goes to audioread. When both fail, the leading bytes decide the reason: a file that
+    starts like an audio container is ``corrupt``, anything else is ``not_audio``.
+    A body shorter than its header declares, or non-finite samples, is ``corrupt``.
+    ``name`` (usually the URI) is only used for error reports and the temp-file suffix.
+    """
+    if not data:
+        raise AudioError(EMPTY, name, "zero bytes")
+    try:
+        y, sr = _decode_soundfile(data)
+    except _Truncated as exc:
+        raise AudioError(CORRUPT, name, f"truncated: {exc}") from None
+    except Exception as sf_exc:  # noqa: BLE001 - decoders fail in many ways on bad input
+        try:
+            y, sr = _decode_audioread(data, name)
+        except Exception as ar_exc:  # noqa: BLE001
+            reason = CORRUPT if _looks_like_audio(data) else NOT_AUDIO
+            detail = (
+                f"soundfile: {type(sf_exc).__name__}: {sf_exc}; "
+                f"audioread: {type(ar_exc).__name__}: {ar_exc}"
+            )
+            raise AudioError(reason, name, detail) from None
+    if not np.isfinite(y).all():
+        raise AudioError(CORRUPT, name, "decoded samples contain NaN or Inf")
+    return _to_mono_rate(y, sr, sample_rate)
+
+
+def cut_windows(y: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """Cut a mono track into back-to-back windows ``[n, cfg.window_samples]`` float32.
+
+    The tail shorter than a window is dropped. A track at least ``min_duration_s``
+    long but shorter than one window is zero-padded to one window (when
+    ``min_duration_s < window_s``); a shorter one gives ``[0, window_samples]``.
+    With ``cfg.max_windows`` set, that many windows evenly spaced over the track
+    (first and last included) are kept, so long tracks cost a bounded amount of
+    compute while still being sampled from start to end.
+    """
+    width = cfg.window_samples
+    y = np.asarray(y, dtype=np.float32).reshape(-1)
+    n_windows = len(y) // width
+    if n_windows == 0:
+        if len(y) == 0 or len(y) / cfg.sample_rate < cfg.min_duration_s:
+            return np.zeros((0, width), dtype=np.float32)
+        padded = np.zeros((1, width), dtype=np.float32)
+        padded[0, : len(y)] = y
+        return padded
+    windows = y[: n_windows * width].reshape(n_windows, width)  # a view, no copy
+    if cfg.max_windows is not None:
+        if cfg.max_windows < 1:
+            raise ValueError(f"max_windows must be >= 1 or None, got {cfg.max_windows}")
+        if n_windows > cfg.max_windows:
+            keep = np.rint(np.linspace(0, n_windows - 1, cfg.max_windows)).astype(np.int64)
+            windows = windows[keep]
+    return np.ascontiguousarray(windows, dtype=np.float32)
+
+
+def _rms_dbfs(y: np.ndarray) -> float:
+    """RMS level in dB relative to full scale (-inf for digital silence)."""
+    mean_square = float(np.mean(np.square(y), dtype=np.float64)) if y.size else 0.0
+    return 10.0 * math.log10(mean_square) if mean_square > 0 else -math.inf
+
+
+def load_track(uri: str, cfg: AudioConfig) -> DecodedTrack:
+    """Fetch, decode and validate ``uri``, and cut it into windows.
+
+    Raises :class:`AudioError` with one of :data:`REASONS`; the checks run in the
+    order fetch -> decode -> too_short -> silent, so a short silent clip reports
+    ``too_short`` (the cheaper, more fundamental problem).
+    """
+    y = decode(fetch(uri), cfg.sample_rate, name=uri)
+    duration_s = len(y) / cfg.sample_rate
+    if duration_s < cfg.min_duration_s or len(y) == 0:
+        raise AudioError(
+            TOO_SHORT, uri, f"{duration_s:.2f} s < min_duration_s {cfg.min_duration_s} s"
+        )
+    level = _rms_dbfs(y)
+    if level < cfg.silence_threshold_db:
+        raise AudioError(
+            SILENT, uri, f"RMS {level:.1f} dBFS < threshold {cfg.silence_threshold_db} dBFS"
+        )
+    return DecodedTrack(windows=cut_windows(y, cfg), duration_s=duration_s)

@@ -1,0 +1,103 @@
+"""Command lines built from the config dataclasses.
+
+Why generated: every config field is overridable from the command line under its own name
+(``--batch-size`` for ``TrainConfig.batch_size``), so a new field needs no parser edit and
+the flags never drift from the dataclasses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections.abc
+import dataclasses
+import types
+import typing
+from typing import Any, Sequence
+
+from mgc.config import AudioConfig, DataConfig, TrainConfig
+
+NESTED = {"audio": AudioConfig, "data": DataConfig}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(hint: Any) -> Any:
+    """``int | None`` -> ``int``; other hints unchanged."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return hint
+
+
+def _parse_mapping(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """Add one flag per field of ``cls`` (and of its nested config dataclasses)."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        if field.name in NESTED:
+            add_dataclass_arguments(parser, NESTED[field.name])
+            continue
+        hint = hints[field.name]
+        base = _base_type(hint)
+        origin = typing.get_origin(base)
+        help_default = f"default: {field.default!r}" if field.default is not dataclasses.MISSING else ""
+        if base is bool:
+            group.add_argument(_flag(field.name), action=argparse.BooleanOptionalAction, default=None, help=help_default)
+        elif origin in (tuple, list) or base in (tuple, list):
+            group.add_argument(_flag(field.name), nargs="+", default=None, help=help_default)
+        elif origin in (dict, collections.abc.Mapping):
+            group.add_argument(_flag(field.name), type=_parse_mapping, action="append", default=None,
+                               metavar="KEY=VALUE", help="repeatable")
+        else:
+            group.add_argument(_flag(field.name), type=base, default=None, help=help_default)
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, base: Any = None) -> Any:
+    """Build ``cls`` from parsed flags; flags not given keep ``base``'s (or the default) value."""
+    base = base if base is not None else cls()
+    changes: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in NESTED:
+            changes[field.name] = dataclass_from_args(NESTED[field.name], args, getattr(base, field.name))
+            continue
+        value = getattr(args, field.name, None)
+        if value is None:
+            continue
+        if isinstance(value, list) and value and isinstance(value[0], tuple):
+            value = dict(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        changes[field.name] = value
+    return dataclasses.replace(base, **changes)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobs/train.py",
+        description="Train genre and mood taggers on Ray. With no --manifest, trains on the "
+        "built-in demo set (generated on the fly) into runs/demo/.",
+    )
+    add_dataclass_arguments(parser, TrainConfig)
+    parser.add_argument("--demo-dir", default=None,
+                        help="where the demo set is generated when no --manifest is given "
+                             "(default: <output>/data)")
+    return parser
+
+
+def init_ray() -> None:
+    """Join the cluster when there is one (``ray job submit``, RAY_ADDRESS), else start local Ray."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()

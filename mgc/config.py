@@ -1,0 +1,122 @@
+"""Configuration dataclasses shared by every layer.
+
+Why one module: the audio front end must be identical at training and tagging time, so
+its parameters live in one frozen dataclass that is saved inside every checkpoint and
+read back from it (inference always uses the checkpoint's config, never a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+TASKS: tuple[str, ...] = ("genre", "mood")
+"""Tasks mgc knows; task ``t`` reads its labels from the manifest column ``t + "s"``."""
+
+TASK_TYPES: tuple[str, ...] = ("multiclass", "multilabel")
+
+
+def label_column(task: str) -> str:
+    """Manifest column holding the labels of ``task`` (``genre`` -> ``genres``)."""
+    return f"{task}s"
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """How audio becomes model input. Saved with every checkpoint.
+
+    Defaults follow DESIGN section 2: 22,050 Hz mono, n_fft 2048, hop 512, 128 mels,
+    log-power in dB, 3 s windows.
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 128
+    fmin: float = 0.0
+    fmax: float | None = None
+    window_s: float = 3.0
+    # Windows are cut back to back; the tail shorter than a window is dropped.
+    # A track shorter than ``min_duration_s`` is refused as too short.
+    min_duration_s: float = 3.0
+    # Cap on windows per track (evenly spaced over the track); None keeps all.
+    max_windows: int | None = None
+    # Log scale: 10*log10(max(amin, power)), floored at (window max - top_db).
+    amin: float = 1e-10
+    top_db: float = 80.0
+    # A track whose overall RMS is below this (dBFS) is refused as silent.
+    silence_threshold_db: float = -60.0
+
+    @property
+    def window_samples(self) -> int:
+        """Samples in one analysis window."""
+        return int(round(self.window_s * self.sample_rate))
+
+    @property
+    def frames_per_window(self) -> int:
+        """STFT frames per window (centered STFT, as librosa computes it)."""
+        return 1 + self.window_samples // self.hop_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AudioConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How the Ray Data decode stage is sized."""
+
+    # Number of CPU decode actors (None: one per CPU Ray reports, at least 1).
+    decode_concurrency: int | None = None
+    # CPUs each decode actor reserves; fractional values let actors share cores.
+    decode_num_cpus: float = 1.0
+    # Tracks handed to one actor call.
+    decode_batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. Every field is a `jobs/train.py` flag."""
+
+    manifest: str = ""
+    output: str = "runs/demo"
+    arch: str = "resnet18"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    seed: int = 0
+    # Fraction of the labeled tracks to hold out for validation/test when the manifest
+    # has no ``split`` column (grouped by artist when ``artist_id`` is present).
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    # Force a task type ("multiclass"/"multilabel"); otherwise inferred from labels.
+    task_types: Mapping[str, str] = field(default_factory=dict)
+    # Tasks to train; empty means every task that has labels in the manifest.
+    tasks: tuple[str, ...] = ()
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    # Ray Train storage path for per-epoch checkpoints; default: <output>/ray_results.
+    storage_path: str | None = None
+    top_k: int = 3
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One head: its type, label vocabulary (head output order) and per-tag thresholds."""
+
+    type: str
+    labels: tuple[str, ...]
+    thresholds: tuple[float, ...] | None = None
+
+    def decision_thresholds(self) -> tuple[float, ...]:
+        """Thresholds to use; 0.5 per tag until tuned on validation data."""
+        return self.thresholds if self.thresholds is not None else (0.5,) * len(self.labels)

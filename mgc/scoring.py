@@ -1,0 +1,107 @@
+"""Score decoded tracks with a model and turn the scores into metrics and plots.
+
+Why one place: the per-epoch validation inside Ray Train workers and the final
+evaluation of the best checkpoint must compute the same track-level numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import ray
+import torch
+
+from mgc.checkpoint import LoadedCheckpoint, unwrap
+from mgc.config import TaskSpec
+from mgc.evaluate import plot_confusion_matrix, plot_history, task_metrics, tune_thresholds
+from mgc.predict import predict_tracks
+from mgc.targets import mask_column, target_column, targets_matrix
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Track-level truth and probabilities of one task, labeled tracks only."""
+
+    truth: np.ndarray
+    probs: np.ndarray
+
+
+def collect_predictions(
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    tasks: Mapping[str, TaskSpec],
+    device: str | torch.device = "cpu",
+) -> dict[str, Predictions]:
+    """Mean-over-windows probabilities per track and task, for tracks labeled in that task."""
+    task_types = {task: spec.type for task, spec in tasks.items()}
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {task: [] for task in tasks}
+    for batch in batches:
+        scores = predict_tracks(unwrap(model), list(batch["mel"]), task_types, device=device)
+        for task in tasks:
+            keep = np.asarray(batch[mask_column(task)]) > 0
+            parts[task].append((targets_matrix(batch[target_column(task)])[keep], scores[task][keep], keep))
+    out = {}
+    for task, chunks in parts.items():
+        if chunks:
+            out[task] = Predictions(np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
+    return out
+
+
+def metrics_for(
+    predictions: Mapping[str, Predictions], tasks: Mapping[str, TaskSpec], top_k: int = 3
+) -> dict[str, dict]:
+    """Metrics per task (DESIGN section 4) from collected predictions."""
+    return {
+        task: task_metrics(p.truth, p.probs, tasks[task].type, tasks[task].labels, tasks[task].thresholds, top_k)
+        for task, p in predictions.items()
+    }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Final metrics per split and task specs carrying thresholds tuned on validation."""
+
+    tasks: dict[str, TaskSpec]
+    metrics: dict[str, dict[str, dict]]
+
+
+def evaluate_splits(
+    loaded: LoadedCheckpoint, datasets: Mapping[str, ray.data.Dataset], top_k: int = 3, batch_size: int = 32
+) -> Evaluation:
+    """Evaluate a checkpoint on the validation and test splits.
+
+    Multilabel thresholds are tuned per tag on validation (when there is one) and then
+    applied, unchanged, to test: test data never influences a decision threshold.
+    """
+    tasks = dict(loaded.meta.tasks)
+    predictions = {
+        split: collect_predictions(loaded.model, datasets[split].iter_batches(batch_size=batch_size, batch_format="numpy"), tasks)
+        for split in ("validation", "test")
+        if split in datasets and datasets[split].count() > 0
+    }
+    for task, spec in tasks.items():
+        if spec.type == "multilabel" and task in predictions.get("validation", {}):
+            p = predictions["validation"][task]
+            tasks[task] = replace(spec, thresholds=tuple(float(t) for t in tune_thresholds(p.truth, p.probs)))
+    metrics = {split: metrics_for(preds, tasks, top_k) for split, preds in predictions.items()}
+    return Evaluation(tasks=tasks, metrics=metrics)
+
+
+def write_plots(evaluation: Evaluation, history: list[dict], directory: str | Path) -> list[Path]:
+    """Confusion matrices (multiclass tasks, every split) and learning curves as PNGs."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split, per_task in evaluation.metrics.items():
+        for task, result in per_task.items():
+            if "confusion_matrix" in result:
+                written.append(plot_confusion_matrix(
+                    result["confusion_matrix"], result["labels"], f"{task} ({split})",
+                    directory / f"confusion_{task}_{split}.png",
+                ))
+    if history:
+        written.append(plot_history(history, directory / "learning_curves.png"))
+    return written

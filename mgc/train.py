@@ -1,0 +1,163 @@
+"""Driver side of training: manifest -> decoded splits -> Ray Train -> artifacts.
+
+Why in this order: decoding is preprocessed into a materialized dataset before the
+trainer starts, so Ray Train workers holding every CPU never starve the decode actors that
+feed them (a hang, not an error, on a 2-core machine; DESIGN section 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+import ray.train
+from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from mgc import storage
+from mgc.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from mgc.config import TrainConfig
+from mgc.data import failed_tracks, good_tracks, split_of, track_dataset
+from mgc.manifest import read_manifest
+from mgc.scoring import evaluate_splits, write_plots
+from mgc.targets import SPLITS, assign_splits, encode_targets, mask_column, resolve_tasks, target_column
+from mgc.train_loop import train_loop_per_worker
+
+CHECKPOINT_DIR = "checkpoint"
+METRICS_FILE = "metrics.json"
+
+
+class TrainingError(RuntimeError):
+    """The run cannot train at all (e.g. no decodable training tracks)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the artifacts went and the final metrics."""
+
+    output: str
+    checkpoint: str
+    metrics: dict[str, Any]
+
+
+def _cpus_per_worker(cfg: TrainConfig) -> float:
+    """CPUs each training worker reserves: as configured, else an even share of the cluster."""
+    if cfg.cpus_per_worker:
+        return cfg.cpus_per_worker
+    if cfg.use_gpu:
+        return 1.0
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    return max(1.0, math.floor(cpus / cfg.num_workers))
+
+
+def _run_config(cfg: TrainConfig, name: str) -> RunConfig:
+    storage_uri = cfg.storage_path or storage.join(cfg.output, "ray_results")
+    filesystem, path = storage.pyarrow_filesystem(storage_uri)
+    return RunConfig(
+        name=name,
+        storage_path=path,
+        storage_filesystem=filesystem,
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=1, checkpoint_score_attribute="val_score", checkpoint_score_order="max"
+        ),
+    )
+
+
+def prepare_table(cfg: TrainConfig) -> tuple[pd.DataFrame, dict]:
+    """Read the manifest, ensure splits, resolve tasks and encode targets."""
+    manifest = assign_splits(read_manifest(cfg.manifest), cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    specs = resolve_tasks(manifest, cfg.tasks, cfg.task_types)
+    table = encode_targets(manifest, specs)
+    columns = ["track_id", "uri", "split"]
+    for task in specs:
+        columns += [target_column(task), mask_column(task)]
+    return table[columns], specs
+
+
+def run_training(cfg: TrainConfig) -> TrainResult:
+    """Train on ``cfg.manifest`` and write checkpoint, metrics.json and plots to ``cfg.output``."""
+    started = time.time()
+    table, specs = prepare_table(cfg)
+    decoded = track_dataset(table, cfg.audio, cfg.data).materialize()
+    skipped = failed_tracks(decoded)
+    good = good_tracks(decoded).materialize()
+    datasets = {split: split_of(good, split).materialize() for split in SPLITS}
+    counts = {split: ds.count() for split, ds in datasets.items()}
+    print(f"[mgc] decoded {len(table)} tracks: {counts}, skipped {len(skipped)}", flush=True)
+    if counts["train"] == 0:
+        raise TrainingError(
+            f"no decodable training tracks in {cfg.manifest} ({len(skipped)} skipped: "
+            f"{skipped['error'].head(5).tolist()})"
+        )
+
+    name = f"mgc-{time.strftime('%Y%m%d-%H%M%S')}"
+    has_validation = counts["validation"] > 0
+    loop_config = {
+        "arch": cfg.arch,
+        "audio": cfg.audio.to_dict(),
+        "tasks": {t: {"type": s.type, "labels": list(s.labels)} for t, s in specs.items()},
+        "name": cfg.arch,
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "seed": cfg.seed,
+        "threads": _cpus_per_worker(cfg),
+        "has_validation": has_validation,
+        "shuffle_buffer": max(cfg.batch_size, 256),
+        "top_k": cfg.top_k,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": _cpus_per_worker(cfg)},
+        ),
+        datasets={"train": datasets["train"], **({"validation": datasets["validation"]} if has_validation else {})},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=_run_config(cfg, name),
+    )
+    result = trainer.fit()
+    best = result.get_best_checkpoint(metric="val_score", mode="max") or result.checkpoint
+    if best is None:
+        raise TrainingError("training reported no checkpoint")
+
+    with tempfile.TemporaryDirectory(prefix="mgc-train-") as tmp:
+        local = Path(best.to_directory(str(Path(tmp) / "best")))
+        loaded = load_checkpoint(local)
+        history = loaded.meta.metrics.get("history", [])
+        evaluated = evaluate_splits(loaded, datasets, top_k=cfg.top_k)
+        final_meta = CheckpointMeta(
+            arch=loaded.meta.arch,
+            audio=loaded.meta.audio,
+            tasks=evaluated.tasks,
+            metrics={split: evaluated.metrics.get(split, {}) for split in ("validation", "test")},
+            name=loaded.meta.name,
+        )
+        stage = Path(tmp) / "out"
+        save_checkpoint(stage / CHECKPOINT_DIR, loaded.model, final_meta)
+        metrics = {
+            **evaluated.metrics,
+            "skipped": skipped[["track_id", "error"]].to_dict("records"),
+            "history": history,
+            "counts": {**counts, "skipped": len(skipped)},
+            "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+            "best_epoch": max(history, key=lambda h: h.get("val_score", float("-inf")))["epoch"] if history else None,
+            "seconds": round(time.time() - started, 1),
+        }
+        (stage / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
+        write_plots(evaluated, history, stage)
+        storage.upload_dir(stage, cfg.output)
+    checkpoint_uri = storage.join(cfg.output, CHECKPOINT_DIR)
+    print(f"[mgc] checkpoint: {checkpoint_uri}", flush=True)
+    return TrainResult(output=cfg.output, checkpoint=checkpoint_uri, metrics=metrics)

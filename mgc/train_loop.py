@@ -1,0 +1,129 @@
+"""The Ray Train worker loop: same code on one CPU or many GPUs (DDP via Ray Train).
+
+Why a separate module: this is what runs inside each Ray Train worker; it receives plain
+data (a dict) and its dataset shards, and reports metrics and a checkpoint every epoch.
+The driver side (building datasets, picking the best checkpoint, final evaluation)
+lives in :mod:`mgc.train`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from mgc.checkpoint import CheckpointMeta, save_checkpoint
+from mgc.config import AudioConfig, TaskSpec
+from mgc.evaluate import headline_score
+from mgc.models import build_model
+from mgc.scoring import collect_predictions, metrics_for
+from mgc.targets import mask_column, target_column, targets_matrix
+
+
+def masked_loss(
+    logits: Mapping[str, torch.Tensor],
+    batch: Mapping[str, np.ndarray],
+    tasks: Mapping[str, TaskSpec],
+    device: torch.device,
+) -> torch.Tensor:
+    """Sum over tasks of the mean loss over tracks that carry that task's labels.
+
+    Multiclass heads use cross-entropy, multilabel heads per-tag binary cross-entropy;
+    a track without labels for a task contributes nothing to that task.
+    """
+    total = torch.zeros((), device=device)
+    for task, spec in tasks.items():
+        target = torch.from_numpy(targets_matrix(batch[target_column(task)])).to(device)
+        mask = torch.from_numpy(np.asarray(batch[mask_column(task)], dtype=np.float32)).to(device)
+        if spec.type == "multiclass":
+            per_track = F.cross_entropy(logits[task], target.argmax(dim=1), reduction="none")
+        else:
+            per_track = F.binary_cross_entropy_with_logits(logits[task], target, reduction="none").mean(dim=1)
+        total = total + (per_track * mask).sum() / mask.sum().clamp(min=1.0)
+    return total
+
+
+def random_windows(mels: Iterable[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """One random window per track: a fresh view of every track each epoch."""
+    return np.stack([m[rng.integers(len(m))] for m in mels]).astype(np.float32, copy=False)
+
+
+def _mean_across_workers(value: float, weight: int, device: torch.device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    pair = torch.tensor([value * weight, float(weight)], device=device, dtype=torch.float64)
+    dist.all_reduce(pair)
+    return float(pair[0] / pair[1].clamp(min=1.0))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train for ``config["epochs"]`` epochs, reporting a checkpoint after each one."""
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    torch.manual_seed(config["seed"] + rank)
+    torch.set_num_threads(max(1, int(config["threads"])))
+    rng = np.random.default_rng(config["seed"] + rank)
+
+    tasks = {t: TaskSpec(type=s["type"], labels=tuple(s["labels"])) for t, s in config["tasks"].items()}
+    meta = CheckpointMeta(
+        arch=config["arch"],
+        audio=AudioConfig.from_dict(config["audio"]),
+        tasks=tasks,
+        name=config["name"],
+    )
+    model = ray.train.torch.prepare_model(build_model(meta.arch, meta.heads()))
+    device = ray.train.torch.get_device()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config["epochs"]))
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("validation") if config["has_validation"] else None
+    history: list[dict] = []
+    for epoch in range(1, config["epochs"] + 1):
+        model.train()
+        loss_sum, seen = 0.0, 0
+        for batch in train_shard.iter_batches(
+            batch_size=config["batch_size"],
+            batch_format="numpy",
+            local_shuffle_buffer_size=config["shuffle_buffer"],
+        ):
+            windows = torch.from_numpy(random_windows(batch["mel"], rng)).to(device)
+            loss = masked_loss(model(windows), batch, tasks, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(windows)
+            seen += len(windows)
+        schedule.step()
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": _mean_across_workers(loss_sum / max(seen, 1), seen, device),
+            "lr": schedule.get_last_lr()[0],
+        }
+        if rank == 0:
+            if val_shard is not None:
+                model.eval()
+                batches = val_shard.iter_batches(batch_size=32, batch_format="numpy")
+                results = metrics_for(collect_predictions(model, batches, tasks, device), tasks, config["top_k"])
+                metrics["val_score"] = headline_score(results)
+                for task, result in results.items():
+                    for key in ("accuracy", "roc_auc", "f1_macro"):
+                        if result.get(key) is not None:
+                            metrics[f"val_{task}_{key}"] = result[key]
+            else:
+                metrics["val_score"] = -metrics["train_loss"]
+            history.append(dict(metrics))
+            print(f"[mgc] epoch {epoch}/{config['epochs']}: " + ", ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                epoch_meta = CheckpointMeta(meta.arch, meta.audio, meta.tasks, {"history": history}, meta.name)
+                checkpoint = ray.train.Checkpoint.from_directory(str(save_checkpoint(tmp, model, epoch_meta)))
+            ray.train.report(metrics, checkpoint=checkpoint)
