@@ -135,7 +135,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     with tempfile.TemporaryDirectory(prefix="mgc-train-") as tmp:
         local = Path(best.to_directory(str(Path(tmp) / "best")))
         loaded = load_checkpoint(local)
-        history = loaded.meta.metrics.get("history", [])
+        history = (result.metrics or {}).get("history", [])
         evaluated = evaluate_splits(loaded, datasets, top_k=cfg.top_k)
         final_meta = CheckpointMeta(
             arch=loaded.meta.arch,
@@ -152,7 +152,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             "history": history,
             "counts": {**counts, "skipped": len(skipped)},
             "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
-            "best_epoch": max(history, key=lambda h: h.get("val_score", float("-inf")))["epoch"] if history else None,
+            "best_epoch": loaded.meta.metrics.get("epoch"),
             "seconds": round(time.time() - started, 1),
         }
         (stage / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))

@@ -8,6 +8,7 @@ lives in :mod:`mgc.train`.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from typing import Any, Iterable, Mapping
 
@@ -119,11 +120,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             else:
                 metrics["val_score"] = -metrics["train_loss"]
             history.append(dict(metrics))
+            # The full history rides along with every report: Ray keeps only the best
+            # checkpoint, but the latest report's metrics always reach the driver.
+            metrics["history"] = list(history)
             print(f"[mgc] epoch {epoch}/{config['epochs']}: " + ", ".join(
-                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()), flush=True)
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in history[-1].items()), flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
-                epoch_meta = CheckpointMeta(meta.arch, meta.audio, meta.tasks, {"history": history}, meta.name)
+                epoch_meta = dataclasses.replace(meta, metrics={"epoch": epoch, "val_score": metrics["val_score"]})
                 checkpoint = ray.train.Checkpoint.from_directory(str(save_checkpoint(tmp, model, epoch_meta)))
             ray.train.report(metrics, checkpoint=checkpoint)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -31,28 +32,30 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """A moto S3 server on 127.0.0.1, with AWS_ENDPOINT_URL pointing at it for the session."""
+    """A moto S3 server on 127.0.0.1, with the AWS environment pointing at it for the session."""
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
     with pytest.MonkeyPatch.context() as patch:
         for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
             patch.setenv(key, value)
+        for key in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            patch.delenv(key, raising=False)
         yield endpoint
     server.stop()
 
 
 @pytest.fixture
-def s3_bucket(s3_endpoint, request):
-    """A fresh bucket on the moto server; returns its name."""
+def s3_bucket(s3_endpoint):
+    """A fresh, uniquely named bucket on the moto server; returns its name."""
     import s3fs
 
-    name = "mgc-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
-    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
-    fs.mkdir(name)
+    s3fs.S3FileSystem.clear_instance_cache()
+    name = f"mgc-test-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(name)
     yield name
     s3fs.S3FileSystem.clear_instance_cache()
 
@@ -73,3 +76,53 @@ def gtzan_mini() -> Path:
     if not GTZAN_MINI.is_dir():
         pytest.skip(f"{GTZAN_MINI} is not present")
     return GTZAN_MINI
+
+
+SMALL_DEMO = dict(genres=("ambient", "techno"), moods=("happy", "sad"), tracks_per_pair=4, duration_s=4.0)
+
+# Bad inputs every pipeline must survive, with the reason each must be recorded under.
+BAD_TRACK_REASONS = {
+    "bad-empty": "empty",
+    "bad-text": "not_audio",
+    "bad-short": "too_short",
+    "bad-silent": "silent",
+    "bad-missing": "missing",
+}
+
+
+@pytest.fixture(scope="session")
+def small_demo(tmp_path_factory) -> Path:
+    """A 16-track demo set (2 genres x 2 moods, 4 s clips); returns its manifest path."""
+    from mgc.demo import DemoConfig, make_demo_set
+
+    return make_demo_set(tmp_path_factory.mktemp("demo"), DemoConfig(**SMALL_DEMO))
+
+
+def add_bad_tracks(manifest: Path) -> Path:
+    """Write the bad files of BAD_TRACK_REASONS beside ``manifest`` and list them in it (split train)."""
+    import numpy as np
+    import pandas as pd
+    import soundfile as sf
+
+    root = manifest.parent
+    bad = root / "bad"
+    bad.mkdir(exist_ok=True)
+    (bad / "empty.wav").write_bytes(b"")
+    (bad / "text.mp3").write_text("this is a text file, not an mp3\n" * 20)
+    sf.write(bad / "short.wav", 0.3 * np.sin(np.linspace(0, 440 * 2 * np.pi * 0.5, 11025)), 22050)
+    sf.write(bad / "silent.flac", np.zeros(22050 * 5), 22050)
+    uris = {"bad-empty": "bad/empty.wav", "bad-text": "bad/text.mp3", "bad-short": "bad/short.wav",
+            "bad-silent": "bad/silent.flac", "bad-missing": "bad/missing.wav"}
+    df = pd.read_csv(manifest, dtype=str)
+    first = df.iloc[0]
+    rows = [{**first.to_dict(), "track_id": tid, "uri": uri, "split": "train", "artist_id": tid}
+            for tid, uri in uris.items()]
+    pd.concat([df, pd.DataFrame(rows)], ignore_index=True).to_csv(manifest, index=False)
+    return manifest
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -321,60 +320,31 @@ def test_label_vocabulary_sorted_unique() -> None:
 # ---------------------------------------------------------------- S3 (moto server)
 
 
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    """A real S3 endpoint (moto server in a thread) shared by this module's tests."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def s3_bucket(moto_endpoint: str, monkeypatch) -> str:
-    """A fresh bucket on the moto server, with the AWS environment pointing at it."""
-    import s3fs
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    s3fs.S3FileSystem.clear_instance_cache()
-    bucket = f"mgc-test-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem(endpoint_url=moto_endpoint).mkdir(bucket)
-    try:
-        yield f"s3://{bucket}"
-    finally:
-        s3fs.S3FileSystem.clear_instance_cache()
+def s3_prefix(s3_bucket: str) -> str:
+    return f"s3://{s3_bucket}"
 
 
 @pytest.mark.parametrize("name", ["m.parquet", "m.csv", "m.jsonl"])
-def test_s3_round_trip_and_relative_uris(s3_bucket: str, name: str) -> None:
-    uri = f"{s3_bucket}/manifests/{name}"
+def test_s3_round_trip_and_relative_uris(s3_prefix: str, name: str) -> None:
+    uri = f"{s3_prefix}/manifests/{name}"
     write_manifest(sample_frame(), uri)
     assert_same_contract(read_manifest(uri), validate_manifest(sample_frame()))
 
     rel = sample_frame().assign(uri=["a.wav", "audio/b.wav", "../c.wav", "/abs/d.wav"])
     write_manifest(rel, uri)
     assert list(read_manifest(uri)["uri"]) == [
-        f"{s3_bucket}/manifests/a.wav",
-        f"{s3_bucket}/manifests/audio/b.wav",
-        f"{s3_bucket}/c.wav",
+        f"{s3_prefix}/manifests/a.wav",
+        f"{s3_prefix}/manifests/audio/b.wav",
+        f"{s3_prefix}/c.wav",
         "/abs/d.wav",
     ]
 
 
-def test_s3_bad_manifest_refused(s3_bucket: str) -> None:
+def test_s3_bad_manifest_refused(s3_prefix: str) -> None:
     from mgc import storage
 
-    uri = f"{s3_bucket}/bad.tsv"
+    uri = f"{s3_prefix}/bad.tsv"
     storage.write_bytes(uri, b"track_id\turi\nx\t/1\nx\t\n")
     with pytest.raises(ManifestError) as info:
         read_manifest(uri)
