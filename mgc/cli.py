@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Sequence
 
-from mgc.config import AudioConfig, DataConfig, TrainConfig
+from mgc.config import AudioConfig, DataConfig, TagConfig, TrainConfig
 
 NESTED = {"audio": AudioConfig, "data": DataConfig}
 
@@ -55,7 +55,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: Se
         if base is bool:
             group.add_argument(_flag(field.name), action=argparse.BooleanOptionalAction, default=None, help=help_default)
         elif origin in (tuple, list) or base in (tuple, list):
-            group.add_argument(_flag(field.name), nargs="+", default=None, help=help_default)
+            group.add_argument(_flag(field.name), nargs="+", action="extend", default=None,
+                               help=f"one or more, flag repeatable; {help_default}")
         elif origin in (dict, collections.abc.Mapping):
             group.add_argument(_flag(field.name), type=_parse_mapping, action="append", default=None,
                                metavar="KEY=VALUE", help="repeatable")
@@ -82,17 +83,34 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, base: Any = None) -
     return dataclasses.replace(base, **changes)
 
 
+def config_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
+    """A parser with one flag per field of the config dataclass ``cls``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_dataclass_arguments(parser, cls)
+    return parser
+
+
 def train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jobs/train.py",
-        description="Train genre and mood taggers on Ray. With no --manifest, trains on the "
-        "built-in demo set (generated on the fly) into runs/demo/.",
+    parser = config_parser(
+        TrainConfig,
+        "jobs/train.py",
+        "Train genre and mood taggers on Ray. With no --manifest, trains on the "
+        "built-in demo set (generated on the fly) into runs/demo/, with --epochs 20 "
+        "--batch-size 16 unless given.",
     )
-    add_dataclass_arguments(parser, TrainConfig)
     parser.add_argument("--demo-dir", default=None,
                         help="where the demo set is generated when no --manifest is given "
                              "(default: <output>/data)")
     return parser
+
+
+def tag_parser() -> argparse.ArgumentParser:
+    return config_parser(
+        TagConfig,
+        "jobs/tag.py",
+        "Tag a catalog: genre and mood predictions per track, written as Parquet partitioned "
+        "by model_id. Incremental: tracks already tagged by the same model set are skipped.",
+    )
 
 
 def init_ray() -> None:

@@ -92,12 +92,17 @@ class TrainConfig:
     weight_decay: float = 1e-4
     num_workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    # CPUs each training worker reserves (None: an even share of the cluster's CPUs on
+    # CPU training, 1 with GPUs); torch uses that many threads.
+    cpus_per_worker: float | None = None
     seed: int = 0
     # Fraction of the labeled tracks to hold out for validation/test when the manifest
     # has no ``split`` column (grouped by artist when ``artist_id`` is present).
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # Grouped K-fold cross-validation: fold K of the manifest's ``fold`` column
+    # (jobs/build_manifest.py --folds) is validation, the other folds train.
+    fold: int | None = None
     # Force a task type ("multiclass"/"multilabel"); otherwise inferred from labels.
     task_types: Mapping[str, str] = field(default_factory=dict)
     # Tasks to train; empty means every task that has labels in the manifest.
@@ -107,6 +112,31 @@ class TrainConfig:
     # Ray Train storage path for per-epoch checkpoints; default: <output>/ray_results.
     storage_path: str | None = None
     top_k: int = 3
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    """One tagging run. Every field is a `jobs/tag.py` flag."""
+
+    manifest: str = ""
+    checkpoint: tuple[str, ...] = ()
+    output: str = "runs/tags"
+    # Windows per forward pass.
+    batch_size: int = 64
+    # Tracks per tagging-actor call, and so per output file.
+    rows_per_file: int = 256
+    # Tagging actors (None: one per GPU with --use-gpu, else one).
+    concurrency: int | None = None
+    use_gpu: bool = False
+    # CPUs each tagging actor reserves (torch uses that many threads).
+    tagger_num_cpus: float = 1.0
+    retag: bool = False
+    embeddings: bool = False
+    # Most tags listed per track in `genres` / `moods` (those over their threshold).
+    top_k: int = 3
+    # Tag at most this many (not yet tagged) tracks: for trials.
+    limit: int | None = None
+    data: DataConfig = field(default_factory=DataConfig)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from mgc.config import AudioConfig, DataConfig
 from mgc.features import log_mel
 
 MEL = "mel"
+WINDOWS = "windows"
 ERROR = "error"
 
 
@@ -33,30 +34,38 @@ def _object_array(values: list[Any]) -> np.ndarray:
 class DecodeMel:
     """Callable class run by Ray Data actors: decode each uri and build its log-mels.
 
-    A track that cannot be fetched, decoded, is too short or silent gets an empty mel
-    array and ``error`` = ``"<reason>: <detail>"``; nothing raised here stops the job.
+    A track that cannot be fetched, decoded, is too short or silent gets an empty array
+    and ``error`` = ``"<reason>: <detail>"``; nothing raised here stops the job. With
+    ``features="windows"`` the raw audio windows go out instead (column ``windows``), for
+    a consumer that computes the mels on a GPU.
     """
 
-    def __init__(self, audio: dict[str, Any]):
+    def __init__(self, audio: dict[str, Any], features: str = MEL):
+        if features not in (MEL, WINDOWS):
+            raise ValueError(f"features must be {MEL!r} or {WINDOWS!r}, not {features!r}")
         self.cfg = AudioConfig.from_dict(audio)
+        self.features = features
 
     def _one(self, uri: str) -> tuple[np.ndarray, float, str | None]:
         try:
             track = load_track(uri, self.cfg)
-            return log_mel(track.windows, self.cfg), track.duration_s, None
+            values = log_mel(track.windows, self.cfg) if self.features == MEL else track.windows
+            return values, track.duration_s, None
         except AudioError as err:
             return self._empty(), float("nan"), str(err)
         except Exception as err:  # noqa: BLE001 - one bad track must never kill the job
             return self._empty(), float("nan"), f"decode_failed: {type(err).__name__}: {err}"
 
     def _empty(self) -> np.ndarray:
+        if self.features == WINDOWS:
+            return np.zeros((0, self.cfg.window_samples), dtype=np.float32)
         return np.zeros((0, self.cfg.n_mels, self.cfg.frames_per_window), dtype=np.float32)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = [self._one(str(uri)) for uri in batch["uri"]]
         mels = [r[0] for r in results]
         out = dict(batch)
-        out[MEL] = _object_array(mels)
+        out[self.features] = _object_array(mels)
         out["n_segments"] = np.array([len(m) for m in mels], dtype=np.int32)
         out["duration_s"] = np.array([r[1] for r in results], dtype=np.float32)
         out[ERROR] = np.array([r[2] for r in results], dtype=object)
@@ -71,17 +80,20 @@ def decode_concurrency(data: DataConfig) -> int:
     return max(1, int(cpus // max(data.decode_num_cpus, 1e-3)))
 
 
-def track_dataset(table: pd.DataFrame, audio: AudioConfig, data: DataConfig) -> ray.data.Dataset:
-    """Lazy dataset of decoded tracks, one row per manifest row, in manifest order.
+def track_dataset(
+    table: pd.DataFrame, audio: AudioConfig, data: DataConfig, features: str = MEL
+) -> ray.data.Dataset:
+    """Lazy dataset of decoded tracks, one row per manifest row.
 
     ``table`` must hold ``uri``; every other column is carried through unchanged.
+    ``features`` picks log-mels (``mel``) or raw windows (``windows``) per track.
     """
     size = data.decode_batch_size
     blocks = [table.iloc[start : start + size] for start in range(0, len(table), size)]
     dataset = ray.data.from_pandas(blocks or [table])
     return dataset.map_batches(
         DecodeMel,
-        fn_constructor_kwargs={"audio": audio.to_dict()},
+        fn_constructor_kwargs={"audio": audio.to_dict(), "features": features},
         batch_size=data.decode_batch_size,
         batch_format="numpy",
         concurrency=decode_concurrency(data),

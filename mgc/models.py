@@ -81,9 +81,13 @@ class TaggerModel(nn.Module):
         """Penultimate-layer vector per input: ``[batch, n_mels, frames] -> [batch, features]``."""
         return self.backbone(self.norm(mels.unsqueeze(1)))
 
-    def forward(self, mels: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.dropout(self.embed(mels))
+    def classify(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits per task from :meth:`embed`'s output."""
+        features = self.dropout(features)
         return {task: head(features) for task, head in self.heads.items()}
+
+    def forward(self, mels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.classify(self.embed(mels))
 
 
 def build_model(arch: str, heads: Mapping[str, int]) -> TaggerModel:

@@ -37,17 +37,19 @@ def collect_predictions(
 ) -> dict[str, Predictions]:
     """Mean-over-windows probabilities per track and task, for tracks labeled in that task."""
     task_types = {task: spec.type for task, spec in tasks.items()}
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {task: [] for task in tasks}
+    truth: dict[str, list[np.ndarray]] = {task: [] for task in tasks}
+    probs: dict[str, list[np.ndarray]] = {task: [] for task in tasks}
     for batch in batches:
         scores = predict_tracks(unwrap(model), list(batch["mel"]), task_types, device=device)
         for task in tasks:
             keep = np.asarray(batch[mask_column(task)]) > 0
-            parts[task].append((targets_matrix(batch[target_column(task)])[keep], scores[task][keep], keep))
-    out = {}
-    for task, chunks in parts.items():
-        if chunks:
-            out[task] = Predictions(np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
-    return out
+            truth[task].append(targets_matrix(batch[target_column(task)])[keep])
+            probs[task].append(scores[task][keep])
+    return {
+        task: Predictions(np.concatenate(truth[task]), np.concatenate(probs[task]))
+        for task in tasks
+        if truth[task]
+    }
 
 
 def metrics_for(

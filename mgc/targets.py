@@ -10,13 +10,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from mgc.config import TASK_TYPES, TASKS, TaskSpec, label_column
-from mgc.manifest import infer_task_type, label_vocabulary
-
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
-
+from mgc.manifest import SPLITS, infer_task_type, label_vocabulary  # noqa: F401 (re-export)
 
 def target_column(task: str) -> str:
     return f"target_{task}"
@@ -72,39 +68,3 @@ def encode_targets(manifest: pd.DataFrame, specs: Mapping[str, TaskSpec]) -> pd.
 def targets_matrix(column: Sequence[np.ndarray]) -> np.ndarray:
     """Stack a target column back into ``[tracks, labels]``."""
     return np.stack([np.asarray(v, dtype=np.float32) for v in column])
-
-
-def assign_splits(
-    manifest: pd.DataFrame,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Give every track a ``split`` when the manifest has none.
-
-    Stratified by the first genre (else mood) label and grouped by ``artist_id`` when
-    present, so no artist lands on both sides (the leak DESIGN section 4 warns about).
-    """
-    out = manifest.copy()
-    if "split" in out.columns and out["split"].notna().all():
-        return out
-    first = out["genres"].map(lambda v: v[0] if len(v) else "")
-    if (first == "").all():
-        first = out["moods"].map(lambda v: v[0] if len(v) else "")
-    if "artist_id" in out.columns and out["artist_id"].notna().all():
-        groups = out["artist_id"].astype(str).to_numpy()
-    else:
-        groups = out["track_id"].astype(str).to_numpy()
-    split = np.array(["train"] * len(out), dtype=object)
-    remaining = np.arange(len(out))
-    for name, fraction in (("test", test_fraction), ("validation", val_fraction)):
-        share = fraction / max(1e-9, len(remaining) / len(out))
-        n_folds = max(2, int(round(1 / share))) if share > 0 else 0
-        if not n_folds or len(np.unique(groups[remaining])) < n_folds:
-            continue
-        folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        _, held = next(folds.split(remaining, first.to_numpy()[remaining], groups[remaining]))
-        split[remaining[held]] = name
-        remaining = np.setdiff1d(remaining, remaining[held])
-    out["split"] = split
-    return out

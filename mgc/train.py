@@ -27,9 +27,11 @@ from mgc.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from mgc.config import TrainConfig
 from mgc.data import failed_tracks, good_tracks, split_of, track_dataset
 from mgc.manifest import read_manifest
+from mgc.models import ARCHITECTURES
 from mgc.scoring import evaluate_splits, write_plots
-from mgc.targets import SPLITS, assign_splits, encode_targets, mask_column, resolve_tasks, target_column
-from mgc.train_loop import train_loop_per_worker
+from mgc.splits import apply_fold, assign_splits
+from mgc.targets import SPLITS, encode_targets, mask_column, resolve_tasks, target_column
+from mgc.train_loop import HISTORY_FILE, train_loop_per_worker
 
 CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.json"
@@ -73,7 +75,11 @@ def _run_config(cfg: TrainConfig, name: str) -> RunConfig:
 
 def prepare_table(cfg: TrainConfig) -> tuple[pd.DataFrame, dict]:
     """Read the manifest, ensure splits, resolve tasks and encode targets."""
-    manifest = assign_splits(read_manifest(cfg.manifest), cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    manifest = read_manifest(cfg.manifest)
+    if cfg.fold is not None:
+        manifest = apply_fold(manifest, cfg.fold)
+    train_fraction = 1.0 - cfg.val_fraction - cfg.test_fraction
+    manifest = assign_splits(manifest, (train_fraction, cfg.val_fraction, cfg.test_fraction), seed=cfg.seed)
     specs = resolve_tasks(manifest, cfg.tasks, cfg.task_types)
     table = encode_targets(manifest, specs)
     columns = ["track_id", "uri", "split"]
@@ -85,6 +91,10 @@ def prepare_table(cfg: TrainConfig) -> tuple[pd.DataFrame, dict]:
 def run_training(cfg: TrainConfig) -> TrainResult:
     """Train on ``cfg.manifest`` and write checkpoint, metrics.json and plots to ``cfg.output``."""
     started = time.time()
+    if cfg.arch not in ARCHITECTURES:  # fail before minutes of decoding, not after
+        raise ValueError(f"unknown --arch {cfg.arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    if storage.is_local(cfg.output):  # workers run elsewhere: give them an absolute path
+        cfg = dataclasses.replace(cfg, output=storage.filesystem_for(cfg.output)[1])
     table, specs = prepare_table(cfg)
     decoded = track_dataset(table, cfg.audio, cfg.data).materialize()
     skipped = failed_tracks(decoded)
@@ -114,6 +124,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         "has_validation": has_validation,
         "shuffle_buffer": max(cfg.batch_size, 256),
         "top_k": cfg.top_k,
+        "output": cfg.output,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -135,7 +146,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     with tempfile.TemporaryDirectory(prefix="mgc-train-") as tmp:
         local = Path(best.to_directory(str(Path(tmp) / "best")))
         loaded = load_checkpoint(local)
-        history = (result.metrics or {}).get("history", [])
+        history = json.loads(storage.read_bytes(storage.join(cfg.output, HISTORY_FILE)))
         evaluated = evaluate_splits(loaded, datasets, top_k=cfg.top_k)
         final_meta = CheckpointMeta(
             arch=loaded.meta.arch,

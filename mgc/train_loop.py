@@ -9,6 +9,7 @@ lives in :mod:`mgc.train`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 from typing import Any, Iterable, Mapping
 
@@ -19,12 +20,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from mgc import storage
 from mgc.checkpoint import CheckpointMeta, save_checkpoint
 from mgc.config import AudioConfig, TaskSpec
 from mgc.evaluate import headline_score
 from mgc.models import build_model
 from mgc.scoring import collect_predictions, metrics_for
 from mgc.targets import mask_column, target_column, targets_matrix
+
+HISTORY_FILE = "history.json"
 
 
 def masked_loss(
@@ -120,9 +124,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             else:
                 metrics["val_score"] = -metrics["train_loss"]
             history.append(dict(metrics))
-            # The full history rides along with every report: Ray keeps only the best
-            # checkpoint, but the latest report's metrics always reach the driver.
-            metrics["history"] = list(history)
+            # Live learning curves for the user, and the full history for the driver
+            # (Ray keeps only the best checkpoint and its metrics).
+            storage.write_text(storage.join(config["output"], HISTORY_FILE), json.dumps(history, indent=1))
             print(f"[mgc] epoch {epoch}/{config['epochs']}: " + ", ".join(
                 f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in history[-1].items()), flush=True)
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,111 @@
+"""Models, checkpoints, metrics and targets: the pieces a training run is made of."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mgc.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, model_id, save_checkpoint
+from mgc.cli import dataclass_from_args, train_parser
+from mgc.config import AudioConfig, TaskSpec, TrainConfig
+from mgc.evaluate import task_metrics, tune_thresholds
+from mgc.manifest import validate_manifest
+from mgc.models import ARCHITECTURES, build_model
+from mgc.predict import predict_tracks
+from mgc.splits import assign_splits
+from mgc.targets import encode_targets, resolve_tasks
+
+AUDIO = AudioConfig()
+TASKS = {"genre": TaskSpec("multiclass", ("jazz", "rock", "pop")), "mood": TaskSpec("multilabel", ("happy", "sad"))}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_every_arch_takes_one_channel_mels_and_gives_one_head_per_task(arch):
+    model = build_model(arch, {"genre": 3, "mood": 2}).eval()
+    out = model(torch.randn(2, AUDIO.n_mels, AUDIO.frames_per_window))
+    assert out["genre"].shape == (2, 3) and out["mood"].shape == (2, 2)
+
+
+def test_unknown_arch_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="resnet18"):
+        build_model("vgg99", {"genre": 2})
+
+
+def test_checkpoint_round_trip_predicts_identically(tmp_path):
+    model = build_model("cnn", {"genre": 3, "mood": 2}).eval()
+    meta = CheckpointMeta(arch="cnn", audio=AUDIO, tasks=TASKS, name="cnn")
+    save_checkpoint(tmp_path / "ckpt", model, meta)
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.meta == meta
+    assert loaded.model_id == model_id(tmp_path / "ckpt") and loaded.model_id.startswith("cnn-")
+    mels = [np.random.default_rng(0).normal(size=(3, AUDIO.n_mels, AUDIO.frames_per_window)).astype(np.float32)]
+    types = {t: s.type for t, s in TASKS.items()}
+    a, b = predict_tracks(model, mels, types), predict_tracks(loaded.model, mels, types)
+    np.testing.assert_allclose(a["genre"], b["genre"], rtol=1e-5)
+    assert np.isclose(a["genre"].sum(), 1.0) and a["mood"].shape == (1, 2)
+
+
+def test_checkpoint_carrying_pickled_code_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    directory = tmp_path / "evil"
+    save_checkpoint(directory, build_model("cnn", {"genre": 3}), CheckpointMeta("cnn", AUDIO, {"genre": TASKS["genre"]}))
+    torch.save({"weights": Payload()}, directory / "model.pt")
+    with pytest.raises(CheckpointError, match="not a plain state_dict"):
+        load_checkpoint(directory)
+
+
+def test_multiclass_metrics_and_confusion_matrix():
+    truth = np.eye(3)[[0, 1, 2, 2]]
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.5, 0.3, 0.2]])
+    result = task_metrics(truth, probs, "multiclass", ["a", "b", "c"], top_k=2)
+    assert result["accuracy"] == 0.75
+    assert result["top_k_accuracy"] == 0.75  # the last track's truth is third
+    assert result["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+
+
+def test_thresholds_tuned_on_validation_raise_f1_over_one_half():
+    rng = np.random.default_rng(0)
+    truth = (rng.random((200, 2)) < 0.3).astype(np.float32)
+    probs = np.clip(0.1 + 0.2 * truth + 0.03 * rng.normal(size=truth.shape), 0, 0.45)  # well ranked, all below 0.5
+    default = task_metrics(truth, probs, "multilabel", ["x", "y"])["f1_macro"]
+    tuned = task_metrics(truth, probs, "multilabel", ["x", "y"], thresholds=tune_thresholds(truth, probs))["f1_macro"]
+    assert default == 0.0 and tuned > 0.95
+
+
+def manifest(n_artists=12, per_artist=3):
+    rows = [{"track_id": f"t{a}-{i}", "uri": f"/x/{a}-{i}.wav", "artist_id": f"a{a}",
+             "genres": ["rock" if a % 2 else "jazz"], "moods": ["happy"] if i % 2 else []}
+            for a in range(n_artists) for i in range(per_artist)]
+    return validate_manifest(pd.DataFrame(rows))
+
+
+def test_tasks_are_inferred_and_unlabeled_tracks_are_masked():
+    df = manifest()
+    specs = resolve_tasks(df)
+    assert specs["genre"] == TaskSpec("multiclass", ("jazz", "rock"))
+    assert specs["mood"] == TaskSpec("multiclass", ("happy",))
+    encoded = encode_targets(df, specs)
+    assert encoded["mask_mood"].tolist() == [0.0, 1.0, 0.0] * 12
+    assert encoded["target_genre"][0].tolist() == [1.0, 0.0]
+    assert resolve_tasks(df, forced_types={"mood": "multilabel"})["mood"].type == "multilabel"
+
+
+def test_splits_keep_each_artist_on_one_side():
+    split = assign_splits(manifest(), (0.6, 0.2, 0.2), seed=1)
+    assert set(split.split) == {"train", "validation", "test"}
+    assert split.groupby("artist_id")["split"].nunique().max() == 1
+
+
+def test_flags_become_config_and_nested_audio_config():
+    args = train_parser().parse_args(["--epochs", "3", "--use-gpu", "--n-mels", "64", "--tasks", "genre",
+                                      "--task-types", "mood=multilabel", "--max-windows", "8"])
+    cfg = dataclass_from_args(TrainConfig, args)
+    assert cfg.epochs == 3 and cfg.use_gpu is True and cfg.tasks == ("genre",)
+    assert cfg.task_types == {"mood": "multilabel"}
+    assert cfg.audio.n_mels == 64 and cfg.audio.max_windows == 8 and cfg.audio.sample_rate == 22050
+    assert dataclass_from_args(TrainConfig, train_parser().parse_args([]), TrainConfig(epochs=20)).epochs == 20
