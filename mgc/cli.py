@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import sys
 import dataclasses
 import types
 import typing
@@ -119,3 +120,33 @@ def init_ray() -> None:
 
     if not ray.is_initialized():
         ray.init()
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mgc predict",
+        description="Print the top genres and moods of your own audio files (no Ray needed).",
+    )
+    parser.add_argument("files", nargs="+", help="audio files (wav, flac, mp3, ogg, ...; local or s3://)")
+    parser.add_argument("--checkpoint", action="append", required=True,
+                        help="checkpoint directory; repeat for a genre model and a mood model")
+    parser.add_argument("--top-k", type=int, default=3, help="tags shown per task (default: 3)")
+    parser.add_argument("--plot", default=None, help="also draw mel-spectrograms and probability bars to this PNG")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``mgc`` console script: ``mgc predict FILE... --checkpoint DIR [--plot out.png]``."""
+    from mgc.predict_files import format_table, plot_predictions, predict_files
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "predict":
+        print("usage: mgc predict FILE... --checkpoint DIR [--checkpoint DIR] [--top-k K] [--plot out.png]\n"
+              "       (training and catalog tagging: python jobs/train.py, python jobs/tag.py)")
+        return 2
+    args = predict_parser().parse_args(argv[1:])
+    results = predict_files(args.files, args.checkpoint)
+    print(format_table(results, args.top_k))
+    if args.plot and any(r.error is None for r in results):
+        print(f"plot: {plot_predictions(results, args.plot)}")
+    return 1 if all(r.error for r in results) else 0
