@@ -15,9 +15,9 @@ import types
 import typing
 from typing import Any, Sequence
 
-from mgc.config import AudioConfig, DataConfig, TagConfig, TrainConfig
+from mgc.config import AudioConfig, AugmentConfig, DataConfig, TagConfig, TrainConfig
 
-NESTED = {"audio": AudioConfig, "data": DataConfig}
+NESTED = {"audio": AudioConfig, "data": DataConfig, "augment": AugmentConfig}
 
 
 def _flag(name: str) -> str:

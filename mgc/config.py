@@ -80,12 +80,44 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation of log-mel windows; all off by default.
+
+    Off by default because each costs CPU time per step on small machines (the closing
+    note of issue 5 measures it) and the demo does not need it.
+    """
+
+    # SpecAugment: masks of up to *_width bins/frames set to the window's floor.
+    spec_augment: bool = False
+    freq_masks: int = 2
+    freq_mask_width: int = 16
+    time_masks: int = 2
+    time_mask_width: int = 24
+    # Mixup of windows and targets with lambda ~ Beta(alpha, alpha); 0 disables it.
+    mixup_alpha: float = 0.0
+    # Random gain in [-gain_db, +gain_db] dB per window; 0 disables it.
+    gain_db: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.spec_augment or self.mixup_alpha > 0 or self.gain_db > 0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs. Every field is a `jobs/train.py` flag."""
 
     manifest: str = ""
     output: str = "runs/demo"
     arch: str = "resnet18"
+    # Transfer learning: "imagenet" (torchvision's weights API; cached under TORCH_HOME),
+    # or a local torchvision state_dict file; the RGB stem is folded to one channel.
+    pretrained: str | None = None
+    weights_file: str | None = None
+    # Train only the heads (backbone learning rate 0) for the first N epochs.
+    freeze_backbone_epochs: int = 0
+    # Backbone learning rate = lr * backbone_lr_scale (heads use lr).
+    backbone_lr_scale: float = 1.0
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
@@ -109,9 +141,11 @@ class TrainConfig:
     tasks: tuple[str, ...] = ()
     audio: AudioConfig = field(default_factory=AudioConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Ray Train storage path for per-epoch checkpoints; default: <output>/ray_results.
     storage_path: str | None = None
-    top_k: int = 3
+    # k of the top-k accuracy (the seed projects reported top-4).
+    top_k: int = 4
 
 
 @dataclass(frozen=True)

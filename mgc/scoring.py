@@ -16,17 +16,29 @@ import torch
 
 from mgc.checkpoint import LoadedCheckpoint, unwrap
 from mgc.config import TaskSpec
-from mgc.evaluate import plot_confusion_matrix, plot_history, task_metrics, tune_thresholds
-from mgc.predict import predict_tracks
+from mgc.evaluate import (
+    aggregate_mean,
+    aggregate_vote,
+    plot_confusion_matrix,
+    plot_history,
+    task_metrics,
+    tune_thresholds,
+)
+from mgc.predict import predict_windows
 from mgc.targets import mask_column, target_column, targets_matrix
 
 
 @dataclass(frozen=True)
 class Predictions:
-    """Track-level truth and probabilities of one task, labeled tracks only."""
+    """Track-level truth and scores of one task, labeled tracks only.
+
+    ``probs`` is the mean window probability (the headline aggregation), ``votes`` the
+    majority-vote shares over windows; both are reported.
+    """
 
     truth: np.ndarray
     probs: np.ndarray
+    votes: np.ndarray
 
 
 def collect_predictions(
@@ -35,31 +47,42 @@ def collect_predictions(
     tasks: Mapping[str, TaskSpec],
     device: str | torch.device = "cpu",
 ) -> dict[str, Predictions]:
-    """Mean-over-windows probabilities per track and task, for tracks labeled in that task."""
+    """Mean-probability and vote aggregation per track and task, for tracks labeled in that task."""
     task_types = {task: spec.type for task, spec in tasks.items()}
-    truth: dict[str, list[np.ndarray]] = {task: [] for task in tasks}
-    probs: dict[str, list[np.ndarray]] = {task: [] for task in tasks}
+    parts: dict[str, dict[str, list[np.ndarray]]] = {t: {"truth": [], "probs": [], "votes": []} for t in tasks}
     for batch in batches:
-        scores = predict_tracks(unwrap(model), list(batch["mel"]), task_types, device=device)
-        for task in tasks:
+        mels = [np.asarray(m) for m in batch["mel"]]
+        window_scores = predict_windows(unwrap(model), np.concatenate(mels), task_types, device=device)
+        bounds = np.cumsum([len(m) for m in mels])[:-1]
+        for task, spec in tasks.items():
             keep = np.asarray(batch[mask_column(task)]) > 0
-            truth[task].append(targets_matrix(batch[target_column(task)])[keep])
-            probs[task].append(scores[task][keep])
+            per_track = np.split(window_scores[task], bounds)
+            parts[task]["truth"].append(targets_matrix(batch[target_column(task)])[keep])
+            parts[task]["probs"].append(aggregate_mean(per_track)[keep])
+            parts[task]["votes"].append(aggregate_vote(per_track, spec.type)[keep])
     return {
-        task: Predictions(np.concatenate(truth[task]), np.concatenate(probs[task]))
-        for task in tasks
-        if truth[task]
+        task: Predictions(*(np.concatenate(p[key]) for key in ("truth", "probs", "votes")))
+        for task, p in parts.items()
+        if p["truth"]
     }
+
+
+VOTE_KEYS = ("accuracy", "top_k_accuracy", "f1_macro")
 
 
 def metrics_for(
     predictions: Mapping[str, Predictions], tasks: Mapping[str, TaskSpec], top_k: int = 3
 ) -> dict[str, dict]:
-    """Metrics per task (DESIGN section 4) from collected predictions."""
-    return {
-        task: task_metrics(p.truth, p.probs, tasks[task].type, tasks[task].labels, tasks[task].thresholds, top_k)
-        for task, p in predictions.items()
-    }
+    """Metrics per task (DESIGN section 4): mean-probability aggregation, plus the
+    majority-vote figures under ``"vote"``."""
+    results = {}
+    for task, p in predictions.items():
+        spec = tasks[task]
+        result = task_metrics(p.truth, p.probs, spec.type, spec.labels, spec.thresholds, top_k)
+        vote = task_metrics(p.truth, p.votes, spec.type, spec.labels, None, top_k)
+        result["vote"] = {key: vote[key] for key in VOTE_KEYS if key in vote}
+        results[task] = result
+    return results
 
 
 @dataclass(frozen=True)

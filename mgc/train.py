@@ -125,6 +125,11 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         "shuffle_buffer": max(cfg.batch_size, 256),
         "top_k": cfg.top_k,
         "output": cfg.output,
+        "pretrained": cfg.pretrained,
+        "weights_file": cfg.weights_file,
+        "freeze_backbone_epochs": cfg.freeze_backbone_epochs,
+        "backbone_lr_scale": cfg.backbone_lr_scale,
+        "augment": dataclasses.asdict(cfg.augment),
     }
     trainer = TorchTrainer(
         train_loop_per_worker,

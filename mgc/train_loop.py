@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tempfile
 from typing import Any, Iterable, Mapping
 
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 
 from mgc import storage
 from mgc.checkpoint import CheckpointMeta, save_checkpoint
-from mgc.config import AudioConfig, TaskSpec
+from mgc.augment import augment_batch
+from mgc.config import AudioConfig, AugmentConfig, TaskSpec
 from mgc.evaluate import headline_score
 from mgc.models import build_model
 from mgc.scoring import collect_predictions, metrics_for
@@ -33,25 +35,42 @@ HISTORY_FILE = "history.json"
 
 def masked_loss(
     logits: Mapping[str, torch.Tensor],
-    batch: Mapping[str, np.ndarray],
+    targets: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
     tasks: Mapping[str, TaskSpec],
-    device: torch.device,
 ) -> torch.Tensor:
     """Sum over tasks of the mean loss over tracks that carry that task's labels.
 
-    Multiclass heads use cross-entropy, multilabel heads per-tag binary cross-entropy;
-    a track without labels for a task contributes nothing to that task.
+    Multiclass heads use cross-entropy against the target distribution (one-hot, or soft
+    after mixup), multilabel heads per-tag binary cross-entropy; a track without labels
+    for a task (mask 0) contributes nothing to that task.
     """
-    total = torch.zeros((), device=device)
+    total = torch.zeros((), device=next(iter(logits.values())).device)
     for task, spec in tasks.items():
-        target = torch.from_numpy(targets_matrix(batch[target_column(task)])).to(device)
-        mask = torch.from_numpy(np.asarray(batch[mask_column(task)], dtype=np.float32)).to(device)
         if spec.type == "multiclass":
-            per_track = F.cross_entropy(logits[task], target.argmax(dim=1), reduction="none")
+            per_track = F.cross_entropy(logits[task], targets[task], reduction="none")
         else:
-            per_track = F.binary_cross_entropy_with_logits(logits[task], target, reduction="none").mean(dim=1)
-        total = total + (per_track * mask).sum() / mask.sum().clamp(min=1.0)
+            per_track = F.binary_cross_entropy_with_logits(logits[task], targets[task], reduction="none").mean(dim=1)
+        total = total + (per_track * masks[task]).sum() / masks[task].sum().clamp(min=1.0)
     return total
+
+
+def batch_targets(
+    batch: Mapping[str, np.ndarray], tasks: Mapping[str, TaskSpec], device: torch.device
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Targets ``[tracks, labels]`` and masks ``[tracks]`` per task, as tensors on ``device``."""
+    targets = {t: torch.from_numpy(targets_matrix(batch[target_column(t)])).to(device) for t in tasks}
+    masks = {t: torch.from_numpy(np.asarray(batch[mask_column(t)], dtype=np.float32)).to(device) for t in tasks}
+    return targets, masks
+
+
+def lr_factors(epochs: int, freeze_backbone_epochs: int) -> list:
+    """Per-epoch learning-rate factors for (backbone, heads): cosine decay, backbone 0 while frozen."""
+
+    def cosine(epoch: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+
+    return [lambda e: 0.0 if e < freeze_backbone_epochs else cosine(e), cosine]
 
 
 def random_windows(mels: Iterable[np.ndarray], rng: np.random.Generator) -> np.ndarray:
@@ -82,16 +101,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tasks=tasks,
         name=config["name"],
     )
-    model = ray.train.torch.prepare_model(build_model(meta.arch, meta.heads()))
+    bare = build_model(meta.arch, meta.heads(), config["pretrained"], config["weights_file"])
+    backbone_params, head_params = bare.parameter_groups()
+    model = ray.train.torch.prepare_model(bare)
     device = ray.train.torch.get_device()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config["epochs"]))
+    optimizer = torch.optim.AdamW(
+        [{"params": backbone_params, "lr": config["lr"] * config["backbone_lr_scale"]},
+         {"params": head_params, "lr": config["lr"]}],
+        weight_decay=config["weight_decay"],
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factors(config["epochs"], config["freeze_backbone_epochs"])
+    )
+    augment = AugmentConfig(**config["augment"])
+    generator = torch.Generator().manual_seed(config["seed"] + rank)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation") if config["has_validation"] else None
     history: list[dict] = []
     for epoch in range(1, config["epochs"] + 1):
         model.train()
+        if epoch <= config["freeze_backbone_epochs"]:
+            bare.backbone.eval()  # frozen: keep its BatchNorm statistics too
         loss_sum, seen = 0.0, 0
         for batch in train_shard.iter_batches(
             batch_size=config["batch_size"],
@@ -99,7 +130,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_buffer_size=config["shuffle_buffer"],
         ):
             windows = torch.from_numpy(random_windows(batch["mel"], rng)).to(device)
-            loss = masked_loss(model(windows), batch, tasks, device)
+            targets, masks = batch_targets(batch, tasks, device)
+            if augment.enabled:
+                windows, targets, masks = augment_batch(windows, targets, masks, augment, generator)
+            loss = masked_loss(model(windows), targets, masks, tasks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -109,7 +143,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": _mean_across_workers(loss_sum / max(seen, 1), seen, device),
-            "lr": schedule.get_last_lr()[0],
+            "lr": schedule.get_last_lr()[-1],
         }
         if rank == 0:
             if val_shard is not None:

@@ -22,10 +22,76 @@ TASKS = {"genre": TaskSpec("multiclass", ("jazz", "rock", "pop")), "mood": TaskS
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-def test_every_arch_takes_one_channel_mels_and_gives_one_head_per_task(arch):
-    model = build_model(arch, {"genre": 3, "mood": 2}).eval()
-    out = model(torch.randn(2, AUDIO.n_mels, AUDIO.frames_per_window))
-    assert out["genre"].shape == (2, 3) and out["mood"].shape == (2, 2)
+def test_every_arch_trains_one_step_and_predicts_on_tiny_input(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, {"genre": 3, "mood": 2})
+    mels = torch.randn(4, 24, 20)  # far smaller than any ImageNet input: upsampled as the arch needs
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    out = model(mels)
+    (out["genre"].logsumexp(1).mean() + out["mood"].mean()).backward()
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    probs = predict_tracks(model.eval(), [mels[:2].numpy(), mels[2:].numpy()], {"genre": "multiclass", "mood": "multilabel"})
+    assert probs["genre"].shape == (2, 3) and np.allclose(probs["genre"].sum(1), 1, atol=1e-5)
+    assert probs["mood"].shape == (2, 2)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])
+def test_pretrained_weights_from_a_local_file_fold_the_rgb_stem(arch, tmp_path):
+    import torchvision
+
+    torch.manual_seed(1)
+    reference = torchvision.models.get_model(arch, weights=None)
+    torch.save(reference.state_dict(), tmp_path / "weights.pt")
+    model = build_model(arch, {"genre": 4}, weights_file=tmp_path / "weights.pt")
+    state = reference.state_dict()
+    stem_name = next(n for n, m in reference.named_modules() if isinstance(m, torch.nn.Conv2d))
+    stem = model.backbone.get_submodule(stem_name)
+    assert stem.in_channels == 1
+    torch.testing.assert_close(stem.weight, state[f"{stem_name}.weight"].sum(dim=1, keepdim=True))
+    deep = [k for k in state if k.endswith("weight") and state[k].dim() == 4][5]
+    torch.testing.assert_close(model.backbone.state_dict()[deep], state[deep])
+    untouched = build_model(arch, {"genre": 4})
+    assert not torch.equal(untouched.backbone.state_dict()[deep], state[deep])
+
+
+def test_mean_and_vote_aggregation_differ_where_they_should():
+    from mgc.evaluate import aggregate_mean, aggregate_vote
+
+    windows = [np.array([[0.95, 0.05], [0.45, 0.55], [0.45, 0.55]])]  # one confident window, two lukewarm
+    assert aggregate_mean(windows).argmax() == 0
+    assert aggregate_vote(windows, "multiclass").argmax() == 1
+    np.testing.assert_allclose(aggregate_vote(windows, "multiclass"), [[1 / 3, 2 / 3]])
+    np.testing.assert_allclose(aggregate_vote(windows, "multilabel"), [[1 / 3, 2 / 3]])
+
+
+def test_augmentations_change_what_they_should():
+    from mgc.augment import mixup, random_gain, spec_augment
+    from mgc.config import AugmentConfig
+
+    generator = torch.Generator().manual_seed(0)
+    mels = torch.randn(8, 64, 50) * 10 - 40
+    masked = spec_augment(mels, AugmentConfig(spec_augment=True, freq_mask_width=10, time_mask_width=10), generator)
+    changed = masked != mels
+    assert changed.any() and changed.float().mean() < 0.6
+    floor = mels.amin(dim=(1, 2), keepdim=True).expand_as(mels)
+    assert torch.equal(masked[changed], floor[changed]), "masks read as the window's floor"
+    shifted = random_gain(mels, 6.0, generator) - mels
+    assert torch.allclose(shifted, shifted[:, :1, :1].expand_as(shifted)) and shifted.abs().max() <= 6.0
+    targets = {"genre": torch.eye(2)[[0, 1] * 4]}
+    masks = {"genre": torch.tensor([1.0] * 7 + [0.0])}
+    mixed, soft, mixed_masks = mixup(mels, targets, masks, 0.4, generator)
+    assert torch.allclose(soft["genre"].sum(1), torch.ones(8))
+    assert mixed_masks["genre"].sum() <= masks["genre"].sum()
+
+
+def test_frozen_backbone_gets_no_learning_rate_for_its_epochs():
+    from mgc.train_loop import lr_factors
+
+    backbone, heads = lr_factors(epochs=4, freeze_backbone_epochs=2)
+    assert [backbone(e) for e in range(4)] == [0.0, 0.0, heads(2), heads(3)]
+    assert heads(0) == 1.0 and heads(2) == pytest.approx(0.5)
 
 
 def test_unknown_arch_is_refused_with_the_choices():

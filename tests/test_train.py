@@ -13,7 +13,7 @@ from conftest import BAD_TRACK_REASONS, add_bad_tracks, copy_tree
 from mgc import storage
 from mgc.audio import load_track
 from mgc.checkpoint import load_checkpoint
-from mgc.config import DataConfig, TrainConfig
+from mgc.config import AugmentConfig, DataConfig, TrainConfig
 from mgc.features import log_mel
 from mgc.predict import predict_tracks
 from mgc.train import run_training
@@ -62,7 +62,9 @@ def test_train_from_s3_with_bad_files_writes_checkpoint_to_s3(ray_local, s3_endp
 
 
 def test_ddp_two_cpu_workers_checkpoint_loads_and_predicts(ray_local, small_demo, tmp_path):
-    result = run_training(quick_config(str(small_demo), str(tmp_path / "run"), num_workers=2, cpus_per_worker=1.0))
+    augment = AugmentConfig(spec_augment=True, mixup_alpha=0.3, gain_db=3.0)  # every option through real DDP
+    result = run_training(quick_config(str(small_demo), str(tmp_path / "run"), num_workers=2, cpus_per_worker=1.0,
+                                       augment=augment, freeze_backbone_epochs=1, backbone_lr_scale=0.5))
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
