@@ -19,7 +19,7 @@ from mgc import storage  # noqa: E402
 from mgc.cli import dataclass_from_args, init_ray, train_parser  # noqa: E402
 from mgc.config import TrainConfig  # noqa: E402
 from mgc.demo import make_demo_set  # noqa: E402
-from mgc.train import run_training  # noqa: E402
+from mgc.train import TrainResult, resume_training, run_training  # noqa: E402
 
 # The demo has ~60 training tracks of 10 s: more, smaller steps than a real data set needs.
 DEMO_PRESET = TrainConfig(epochs=20, batch_size=16)
@@ -27,13 +27,19 @@ DEMO_PRESET = TrainConfig(epochs=20, batch_size=16)
 
 def main(argv: list[str] | None = None) -> int:
     args = train_parser().parse_args(argv)
+    if args.resume:
+        init_ray()
+        return report(resume_training(args.resume))
     cfg: TrainConfig = dataclass_from_args(TrainConfig, args, base=TrainConfig() if args.manifest else DEMO_PRESET)
     if not cfg.manifest:
         demo_dir = args.demo_dir or storage.join(cfg.output, "data")
         cfg = dataclasses.replace(cfg, manifest=str(make_demo_set(demo_dir)))
         print(f"[mgc] no --manifest: training on the demo set at {cfg.manifest}", flush=True)
     init_ray()
-    result = run_training(cfg)
+    return report(run_training(cfg))
+
+
+def report(result: TrainResult) -> int:
     summary = {
         split: {task: {k: m.get(k) for k in ("accuracy", "f1_macro", "roc_auc", "pr_auc")} for task, m in tasks.items()}
         for split, tasks in result.metrics.items()

@@ -102,6 +102,9 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo-dir", default=None,
                         help="where the demo set is generated when no --manifest is given "
                              "(default: <output>/data)")
+    parser.add_argument("--resume", default=None, metavar="OUTPUT_DIR",
+                        help="continue the interrupted run whose --output was OUTPUT_DIR, from its "
+                             "latest epoch checkpoint, with its saved config (other flags are ignored)")
     return parser
 
 

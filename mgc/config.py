@@ -142,6 +142,9 @@ class TrainConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Worker-group restarts Ray Train may make after a failure; each resumes from the
+    # latest epoch checkpoint.
+    max_failures: int = 2
     # Ray Train storage path for per-epoch checkpoints; default: <output>/ray_results.
     storage_path: str | None = None
     # k of the top-k accuracy (the seed projects reported top-4).
@@ -184,3 +187,14 @@ class TaskSpec:
     def decision_thresholds(self) -> tuple[float, ...]:
         """Thresholds to use; 0.5 per tag until tuned on validation data."""
         return self.thresholds if self.thresholds is not None else (0.5,) * len(self.labels)
+
+
+def train_config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """Rebuild a :class:`TrainConfig` from its ``dataclasses.asdict`` form (``run.json``)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in data.items() if k in known}
+    values["audio"] = AudioConfig.from_dict(values.get("audio", {}))
+    values["data"] = DataConfig(**values.get("data", {}))
+    values["augment"] = AugmentConfig(**values.get("augment", {}))
+    values["tasks"] = tuple(values.get("tasks", ()))
+    return TrainConfig(**values)

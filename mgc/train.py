@@ -19,12 +19,14 @@ from typing import Any
 import pandas as pd
 import ray
 import ray.train
-from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from mgc import storage
+from mgc.baseline import ARCH as FEATURES_ARCH
+from mgc.baseline import BASELINE_FILE, BaselineError, fit_feature_baseline
 from mgc.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from mgc.config import TrainConfig
+from mgc.config import TrainConfig, train_config_from_dict
 from mgc.data import failed_tracks, good_tracks, split_of, track_dataset
 from mgc.manifest import read_manifest
 from mgc.models import ARCHITECTURES
@@ -35,6 +37,7 @@ from mgc.train_loop import HISTORY_FILE, train_loop_per_worker
 
 CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.json"
+RUN_FILE = "run.json"  # the run's config and Ray Train run name, for --resume
 
 
 class TrainingError(RuntimeError):
@@ -43,7 +46,11 @@ class TrainingError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where the artifacts went and the final metrics."""
+    """Where the artifacts went and the final metrics.
+
+    ``checkpoint`` is the checkpoint directory of a CNN run, or the ``baseline.json`` of
+    an ``--arch features`` run (the baseline is for comparison: it writes no weights).
+    """
 
     output: str
     checkpoint: str
@@ -67,10 +74,24 @@ def _run_config(cfg: TrainConfig, name: str) -> RunConfig:
         name=name,
         storage_path=path,
         storage_filesystem=filesystem,
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
+        # Ray keeps the best checkpoint by validation score, and always the latest one
+        # (what a restarted or resumed run continues from).
         checkpoint_config=CheckpointConfig(
             num_to_keep=1, checkpoint_score_attribute="val_score", checkpoint_score_order="max"
         ),
     )
+
+
+def resume_training(output: str) -> TrainResult:
+    """Continue the interrupted run in ``output`` from its latest epoch checkpoint.
+
+    The run's config and Ray Train run name come from ``output/run.json``; Ray Train finds
+    its checkpoints under the same storage path and the worker loop resumes after the
+    last reported epoch.
+    """
+    run = json.loads(storage.read_bytes(storage.join(output, RUN_FILE)))
+    return run_training(train_config_from_dict(run["config"]), run_name=run["name"])
 
 
 def prepare_table(cfg: TrainConfig) -> tuple[pd.DataFrame, dict]:
@@ -88,14 +109,40 @@ def prepare_table(cfg: TrainConfig) -> tuple[pd.DataFrame, dict]:
     return table[columns], specs
 
 
-def run_training(cfg: TrainConfig) -> TrainResult:
-    """Train on ``cfg.manifest`` and write checkpoint, metrics.json and plots to ``cfg.output``."""
+def _run_feature_baseline(cfg: TrainConfig, table: pd.DataFrame, specs: dict, started: float) -> TrainResult:
+    """``--arch features``: hand-made features + gradient boosting, through the same
+    manifests, splits, metrics and plots as the CNNs, for an honest comparison."""
+    try:
+        result = fit_feature_baseline(cfg, table, specs)
+    except BaselineError as err:
+        raise TrainingError(str(err)) from err
+    metrics = {
+        **result.metrics_json(),
+        "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+        "seconds": round(time.time() - started, 1),
+    }
+    with tempfile.TemporaryDirectory(prefix="mgc-baseline-") as tmp:
+        stage = Path(tmp)
+        (stage / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
+        write_plots(result.evaluation, [], stage)
+        result.save(str(stage))
+        storage.upload_dir(stage, cfg.output)
+    return TrainResult(output=cfg.output, checkpoint=storage.join(cfg.output, BASELINE_FILE), metrics=metrics)
+
+
+def run_training(cfg: TrainConfig, run_name: str | None = None) -> TrainResult:
+    """Train on ``cfg.manifest`` and write checkpoint, metrics.json and plots to ``cfg.output``.
+
+    ``run_name`` names an existing Ray Train run to continue (see :func:`resume_training`).
+    """
     started = time.time()
-    if cfg.arch not in ARCHITECTURES:  # fail before minutes of decoding, not after
-        raise ValueError(f"unknown --arch {cfg.arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    if cfg.arch not in ARCHITECTURES and cfg.arch != FEATURES_ARCH:  # fail before minutes of decoding
+        raise ValueError(f"unknown --arch {cfg.arch!r}; choose one of {sorted([*ARCHITECTURES, FEATURES_ARCH])}")
     if storage.is_local(cfg.output):  # workers run elsewhere: give them an absolute path
         cfg = dataclasses.replace(cfg, output=storage.filesystem_for(cfg.output)[1])
     table, specs = prepare_table(cfg)
+    if cfg.arch == FEATURES_ARCH:
+        return _run_feature_baseline(cfg, table, specs, started)
     decoded = track_dataset(table, cfg.audio, cfg.data).materialize()
     skipped = failed_tracks(decoded)
     good = good_tracks(decoded).materialize()
@@ -108,7 +155,9 @@ def run_training(cfg: TrainConfig) -> TrainResult:
             f"{skipped['error'].head(5).tolist()})"
         )
 
-    name = f"mgc-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = run_name or f"mgc-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage.write_text(storage.join(cfg.output, RUN_FILE), json.dumps(
+        {"name": name, "config": dataclasses.asdict(cfg)}, indent=2, default=str))
     has_validation = counts["validation"] > 0
     loop_config = {
         "arch": cfg.arch,

@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from mgc import storage
-from mgc.checkpoint import CheckpointMeta, save_checkpoint
+from mgc.checkpoint import MODEL_FILE, CheckpointMeta, save_checkpoint
 from mgc.augment import augment_batch
 from mgc.config import AudioConfig, AugmentConfig, TaskSpec
 from mgc.evaluate import headline_score
@@ -31,6 +31,7 @@ from mgc.scoring import collect_predictions, metrics_for
 from mgc.targets import mask_column, target_column, targets_matrix
 
 HISTORY_FILE = "history.json"
+TRAIN_STATE_FILE = "train_state.pt"  # optimizer + schedule + epoch, for resuming
 
 
 def masked_loss(
@@ -86,6 +87,21 @@ def _mean_across_workers(value: float, weight: int, device: torch.device) -> flo
     return float(pair[0] / pair[1].clamp(min=1.0))
 
 
+def _resume_state(model: torch.nn.Module) -> dict[str, Any] | None:
+    """Load the latest reported checkpoint into ``model``; return its optimizer state and epoch."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        model.load_state_dict(torch.load(f"{directory}/{MODEL_FILE}", map_location="cpu", weights_only=True))
+        return torch.load(f"{directory}/{TRAIN_STATE_FILE}", map_location="cpu", weights_only=True)
+
+
+def _read_history(output: str) -> list[dict]:
+    uri = storage.join(output, HISTORY_FILE)
+    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else []
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train for ``config["epochs"]`` epochs, reporting a checkpoint after each one."""
     context = ray.train.get_context()
@@ -102,6 +118,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         name=config["name"],
     )
     bare = build_model(meta.arch, meta.heads(), config["pretrained"], config["weights_file"])
+    resumed = _resume_state(bare)  # after a worker failure or with --resume: the latest checkpoint
     backbone_params, head_params = bare.parameter_groups()
     model = ray.train.torch.prepare_model(bare)
     device = ray.train.torch.get_device()
@@ -119,7 +136,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("validation") if config["has_validation"] else None
     history: list[dict] = []
-    for epoch in range(1, config["epochs"] + 1):
+    start = 1
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["scheduler"])
+        start = resumed["epoch"] + 1
+        history = [h for h in _read_history(config["output"]) if h["epoch"] < start]
+        print(f"[mgc] resuming after epoch {resumed['epoch']} from the latest checkpoint", flush=True)
+    for epoch in range(start, config["epochs"] + 1):
         model.train()
         if epoch <= config["freeze_backbone_epochs"]:
             bare.backbone.eval()  # frozen: keep its BatchNorm statistics too
@@ -167,5 +191,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             checkpoint = None
             if rank == 0:
                 epoch_meta = dataclasses.replace(meta, metrics={"epoch": epoch, "val_score": metrics["val_score"]})
-                checkpoint = ray.train.Checkpoint.from_directory(str(save_checkpoint(tmp, model, epoch_meta)))
+                save_checkpoint(tmp, model, epoch_meta)
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "epoch": epoch},
+                           f"{tmp}/{TRAIN_STATE_FILE}")
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
