@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout (or
 from mgc import storage  # noqa: E402
 from mgc.cli import dataclass_from_args, init_ray, train_parser  # noqa: E402
 from mgc.config import TrainConfig  # noqa: E402
+from mgc.crossval import run_cross_validation  # noqa: E402
 from mgc.demo import make_demo_set  # noqa: E402
 from mgc.train import TrainResult, resume_training, run_training  # noqa: E402
 
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, manifest=str(make_demo_set(demo_dir)))
         print(f"[mgc] no --manifest: training on the demo set at {cfg.manifest}", flush=True)
     init_ray()
+    if args.folds:
+        print(json.dumps(run_cross_validation(cfg, args.folds), indent=2))
+        return 0
     return report(run_training(cfg))
 
 

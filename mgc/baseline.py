@@ -340,7 +340,7 @@ class BaselineResult:
         :func:`mgc.scoring.write_plots`."""
         from mgc.scoring import Evaluation
 
-        return Evaluation(tasks=dict(self.tasks), metrics=self.metrics)
+        return Evaluation(tasks=dict(self.tasks), metrics=self.metrics, predictions=self.predictions)
 
     def metrics_json(self) -> dict[str, Any]:
         """The run's ``metrics.json`` content, shaped as the CNN's (DESIGN section 2):

@@ -56,7 +56,9 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, skip: Se
         if base is bool:
             group.add_argument(_flag(field.name), action=argparse.BooleanOptionalAction, default=None, help=help_default)
         elif origin in (tuple, list) or base in (tuple, list):
+            element = (typing.get_args(base) or (str,))[0]
             group.add_argument(_flag(field.name), nargs="+", action="extend", default=None,
+                               type=element if element in (int, float, str) else str,
                                help=f"one or more, flag repeatable; {help_default}")
         elif origin in (dict, collections.abc.Mapping):
             group.add_argument(_flag(field.name), type=_parse_mapping, action="append", default=None,
@@ -102,6 +104,10 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo-dir", default=None,
                         help="where the demo set is generated when no --manifest is given "
                              "(default: <output>/data)")
+    parser.add_argument("--folds", type=int, default=None, metavar="K",
+                        help="grouped K-fold cross-validation: K runs into <output>/fold-<k>/ and "
+                             "<output>/cv.json with each metric's mean and spread (uses the manifest's "
+                             "fold column, else makes artist-grouped folds)")
     parser.add_argument("--resume", default=None, metavar="OUTPUT_DIR",
                         help="continue the interrupted run whose --output was OUTPUT_DIR, from its "
                              "latest epoch checkpoint, with its saved config (other flags are ignored)")

@@ -152,6 +152,21 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """A Ray Tune (ASHA) search over the training loop's main knobs (`jobs/tune.py`)."""
+
+    num_samples: int = 8
+    search_lr: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    search_arch: tuple[str, ...] = ("cnn", "resnet18")
+    search_batch_size: tuple[int, ...] = (16, 32)
+    # Augmentation presets: none, specaugment, mixup, all.
+    search_augment: tuple[str, ...] = ("none", "specaugment", "mixup")
+    # ASHA: epochs a trial runs before it can be stopped, and concurrent trials.
+    grace_period: int = 2
+    max_concurrent_trials: int | None = None
+
+
+@dataclass(frozen=True)
 class TagConfig:
     """One tagging run. Every field is a `jobs/tag.py` flag."""
 

@@ -1,14 +1,17 @@
 """Read, validate and write track manifests.
 
 A manifest is the one input every mgc job takes: one row per track with ``track_id``
-(unique, required), ``uri`` (required; a path, ``file://``, ``s3://`` or any fsspec URL),
-and optionally ``split``, ``genres``, ``moods``, ``artist_id`` and ``duration_s``
-(DESIGN section 2). It may be Parquet, CSV, TSV or JSONL, local or on object storage.
+(unique, required), ``uri`` (required; a path, ``file://``, ``s3://`` or ``gs://``;
+``http(s)://`` only when enabled, see :data:`ALLOWED_SCHEMES`), and optionally ``split``,
+``genres``, ``moods``, ``artist_id`` and ``duration_s`` (DESIGN section 2). It may be
+Parquet, CSV, TSV or JSONL, local or on object storage.
 
 Why validate up front: a training or tagging job fans thousands of tracks out over a Ray
 cluster; a duplicate id or an empty uri found there surfaces minutes later as an obscure
 worker error. So :func:`read_manifest` checks the whole file first and refuses it with
-*every* problem and the row numbers at fault, in one :class:`ManifestError`.
+*every* problem and the row numbers at fault, in one :class:`ManifestError`. The same
+check keeps untrusted manifests from steering workers at other schemes (the cloud
+metadata endpoint over http, ``ssh://``, ...) or from carrying passwords in uris.
 
 Why normalise: the same manifest arrives as lists (Parquet, JSONL) or ``|``-joined strings
 (CSV, TSV), with ids that pandas would like to turn into integers (``0001`` -> 1). Every
@@ -29,8 +32,10 @@ import lzma
 import math
 import os
 import posixpath
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 import numpy as np
@@ -81,6 +86,24 @@ FORMATS: dict[str, str] = {
 COMPRESSIONS: dict[str, str] = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
 """Compression suffixes accepted after a text format's extension (``.csv.gz``)."""
 
+ALLOWED_SCHEMES: tuple[str, ...] = ("file", "local", "s3", "s3a", "gs", "gcs")
+"""URI schemes a manifest (and its track ``uri`` values) may use; plain paths are ``file``.
+
+Why a list: a manifest is data, often from outside the team, and every ``uri`` in it is
+fetched by cluster workers that hold cloud credentials. fsspec would happily follow
+``http://169.254.169.254/...`` (the cloud metadata service), ``ssh://``, ``github://``,
+``memory://`` or chained ``simplecache::...`` URLs; only the stores mgc is meant to read
+are accepted."""
+
+HTTP_SCHEMES: tuple[str, ...] = ("http", "https")
+"""Accepted only when enabled: ``allow_http=True`` or :data:`ALLOW_HTTP_ENV` set to 1."""
+
+ALLOW_HTTP_ENV = "MGC_ALLOW_HTTP"
+"""Environment switch (``1``/``true``/``yes``) that lets jobs read http(s) track uris."""
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_PROTOCOL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
+
 # Arrow types of the contract columns, so that an all-empty list column is still written
 # as list<string> (not list<null>) and an all-missing artist_id as string.
 _ARROW_TYPES: dict[str, pa.DataType] = {
@@ -121,7 +144,7 @@ class ManifestError(ValueError):
 # --------------------------------------------------------------------------- reading
 
 
-def read_manifest(uri: str) -> pd.DataFrame:
+def read_manifest(uri: str, *, allow_http: bool | None = None) -> pd.DataFrame:
     """Read, validate and normalise the manifest at ``uri`` (local path or any fsspec URL).
 
     The format comes from the extension (:data:`FORMATS`, optionally followed by one of
@@ -130,10 +153,21 @@ def read_manifest(uri: str) -> pd.DataFrame:
     resolved against the manifest's own directory or object-store prefix, so a folder
     holding a manifest and its audio can be moved or uploaded as a whole.
 
-    Raises :class:`ManifestError` for an unknown extension, an unreadable file, an empty
-    manifest, or any problem :func:`validate_manifest` finds.
+    Only :data:`ALLOWED_SCHEMES` are accepted, for the manifest itself and every track
+    ``uri`` in it; ``http``/``https`` too when ``allow_http`` is true (None: the
+    :data:`ALLOW_HTTP_ENV` environment variable decides).
+
+    Raises :class:`ManifestError` for an unknown extension, a scheme that is not allowed,
+    an unreadable file, an empty manifest, or any problem :func:`validate_manifest` finds.
     """
     uri = str(uri)
+    allowed = allowed_schemes(allow_http)
+    refused = [scheme for scheme in uri_schemes(uri) if scheme not in allowed]
+    if refused:
+        raise ManifestError([_scheme_problem(refused, allowed)], _redact(uri))
+    if _has_password(uri):
+        raise ManifestError(["the manifest location carries a password; give credentials through "
+                             "the environment"], _redact(uri))
     fmt, compression = _format_of(uri)
     try:
         data = storage.read_bytes(uri)
@@ -144,7 +178,7 @@ def read_manifest(uri: str) -> pd.DataFrame:
     raw = _parse(data, fmt, uri)
     if len(raw) == 0:
         raise ManifestError(["the manifest has no rows"], uri)
-    df = validate_manifest(raw, source=uri)
+    df = validate_manifest(raw, source=uri, allow_http=allow_http)
     resolve = _resolver(uri)
     df["uri"] = pd.Series([resolve(value) for value in df["uri"].tolist()], dtype=object)
     return df
@@ -292,7 +326,7 @@ def _parse_jsonl(data: bytes, source: str) -> pd.DataFrame:
 # ------------------------------------------------------------------------ validation
 
 
-def validate_manifest(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
+def validate_manifest(df: pd.DataFrame, source: str = "", *, allow_http: bool | None = None) -> pd.DataFrame:
     """Check ``df`` against the manifest contract and return a normalised copy.
 
     Every problem is collected first and raised once as :class:`ManifestError`, so a
@@ -301,6 +335,10 @@ def validate_manifest(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
     :data:`CONTRACT_COLUMNS` order, unknown extra columns follow unchanged. ``split``,
     ``artist_id`` and ``duration_s`` are only present when ``df`` has them (consumers
     treat their absence as meaningful, e.g. "no split given: hold some tracks out").
+
+    Track uris must use :data:`ALLOWED_SCHEMES` (``http``/``https`` only with
+    ``allow_http``; None reads :data:`ALLOW_HTTP_ENV`) and may not carry a password
+    (``https://user:secret@host/...``): a uri is copied into logs and predictions.
     """
     df = df.copy()
     df.columns = [str(column).strip() for column in df.columns]
@@ -331,6 +369,7 @@ def validate_manifest(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
         empty = [i for i, value in enumerate(uris) if value is None]
         if empty:
             problems.append(f"empty uri at rows {_rows(empty)}")
+        problems += _uri_problems(uris, allowed_schemes(allow_http))
         out["uri"] = pd.Series(["" if v is None else v for v in uris], dtype=object)
 
     if "split" in df.columns:
@@ -388,6 +427,101 @@ def validate_manifest(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
         if column not in out:
             result[column] = df[column].reset_index(drop=True)
     return result
+
+
+def allowed_schemes(allow_http: bool | None = None) -> tuple[str, ...]:
+    """:data:`ALLOWED_SCHEMES`, plus :data:`HTTP_SCHEMES` when http is enabled.
+
+    ``allow_http=None`` reads the :data:`ALLOW_HTTP_ENV` environment variable.
+    """
+    if allow_http is None:
+        allow_http = os.environ.get(ALLOW_HTTP_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return ALLOWED_SCHEMES + (HTTP_SCHEMES if allow_http else ())
+
+
+def uri_schemes(uri: str) -> list[str]:
+    """Lowercased scheme of each part of ``uri`` (fsspec chains parts with ``::``).
+
+    A plain path is ``file``; ``data:...`` is ``data``.
+    """
+    if "://" not in uri and "::" not in uri and not uri.startswith("data:"):
+        return ["file"]
+    schemes = []
+    parts = uri.split("::")
+    for i, part in enumerate(parts):
+        match = _SCHEME.match(part)
+        if match:
+            schemes.append(match.group(1).lower())
+        elif part.startswith("data:"):
+            schemes.append("data")
+        elif i < len(parts) - 1 and _PROTOCOL_NAME.match(part):
+            schemes.append(part.lower())  # a chained layer: "simplecache::s3://..."
+        else:
+            schemes.append("file")
+    return schemes
+
+
+def _has_password(uri: str) -> bool:
+    if "@" not in uri:
+        return False
+    for part in uri.split("::"):
+        if _SCHEME.match(part):
+            try:
+                if urlsplit(part).password is not None:
+                    return True
+            except ValueError:
+                return True
+    return False
+
+
+def _redact(uri: str) -> str:
+    """``uri`` fit for a message: the userinfo of each URL part replaced by ``***``."""
+    if "@" not in uri:
+        return uri
+    parts = []
+    for part in uri.split("::"):
+        match = _SCHEME.match(part)
+        if match:
+            rest = part[match.end():]
+            netloc, sep, tail = rest.partition("/")
+            if "@" in netloc:
+                part = f"{match.group(0)}***@{netloc.rsplit('@', 1)[1]}{sep}{tail}"
+        parts.append(part)
+    return "::".join(parts)
+
+
+def _scheme_problem(refused: Sequence[str], allowed: Sequence[str], rows: str = "") -> str:
+    shown = ", ".join(repr(s) for s in list(dict.fromkeys(refused))[:5])
+    where = f" at rows {rows}" if rows else ""
+    hint = ""
+    if any(s in HTTP_SCHEMES for s in refused) and not any(s in HTTP_SCHEMES for s in allowed):
+        hint = f"; http(s) needs allow_http=True or {ALLOW_HTTP_ENV}=1"
+    return f"uri scheme not allowed: {shown}{where} (allowed: {', '.join(allowed)}, or a plain path{hint})"
+
+
+def _uri_problems(uris: list[str | None], allowed: tuple[str, ...]) -> list[str]:
+    """Problems with the schemes and credentials of the (non-empty) track uris."""
+    bad_rows: list[int] = []
+    bad_schemes: dict[str, None] = {}
+    secret_rows: list[int] = []
+    for i, uri in enumerate(uris):
+        if uri is None:
+            continue
+        refused = [scheme for scheme in uri_schemes(uri) if scheme not in allowed]
+        if refused:
+            bad_rows.append(i)
+            bad_schemes.update(dict.fromkeys(refused))
+        if _has_password(uri):
+            secret_rows.append(i)
+    problems = []
+    if bad_rows:
+        problems.append(_scheme_problem(list(bad_schemes), allowed, _rows(bad_rows)))
+    if secret_rows:
+        problems.append(
+            f"uri carries a password (scheme://user:password@...) at rows {_rows(secret_rows)}; "
+            "give credentials through the environment, never inside a manifest"
+        )
+    return problems
 
 
 def parse_labels(value: Any) -> list[str]:
@@ -505,7 +639,7 @@ def _cap(problems: list[str], limit: int = MAX_ROWS_LISTED) -> list[str]:
 # --------------------------------------------------------------------------- writing
 
 
-def write_manifest(df: pd.DataFrame, uri: str) -> None:
+def write_manifest(df: pd.DataFrame, uri: str, *, allow_http: bool | None = None) -> None:
     """Validate ``df`` and write it to ``uri`` in the format its extension names.
 
     CSV/TSV join label lists with ``|`` (a label containing ``|`` is refused there, as
@@ -516,7 +650,7 @@ def write_manifest(df: pd.DataFrame, uri: str) -> None:
     """
     uri = str(uri)
     fmt, compression = _format_of(uri)
-    out = validate_manifest(df, source=uri)
+    out = validate_manifest(df, source=uri, allow_http=allow_http)
     if fmt == "parquet":
         data = _to_parquet(out)
     elif fmt in ("csv", "tsv"):
@@ -617,17 +751,21 @@ def label_vocabulary(labels: Iterable[Sequence[str]]) -> list[str]:
 
 
 __all__ = [
+    "ALLOWED_SCHEMES",
+    "ALLOW_HTTP_ENV",
     "CONTRACT_COLUMNS",
     "FORMATS",
     "LABEL_COLUMNS",
     "ManifestError",
     "REQUIRED_COLUMNS",
     "SPLITS",
+    "allowed_schemes",
     "infer_task_type",
     "label_vocabulary",
     "parse_labels",
     "read_manifest",
     "resolve_uri",
+    "uri_schemes",
     "validate_manifest",
     "write_manifest",
 ]

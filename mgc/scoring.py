@@ -6,7 +6,7 @@ evaluation of the best checkpoint must compute the same track-level numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -21,6 +21,8 @@ from mgc.evaluate import (
     aggregate_vote,
     plot_confusion_matrix,
     plot_history,
+    plot_per_class,
+    plot_roc_pr,
     task_metrics,
     tune_thresholds,
 )
@@ -87,10 +89,15 @@ def metrics_for(
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Final metrics per split and task specs carrying thresholds tuned on validation."""
+    """Final metrics per split and task specs carrying thresholds tuned on validation.
+
+    ``predictions`` (``{split: {task: Predictions}}``) keeps the track-level scores the
+    metrics came from, for the ROC/PR plots; empty when the caller did not keep them.
+    """
 
     tasks: dict[str, TaskSpec]
     metrics: dict[str, dict[str, dict]]
+    predictions: dict[str, dict[str, Predictions]] = field(default_factory=dict)
 
 
 def evaluate_splits(
@@ -112,21 +119,31 @@ def evaluate_splits(
             p = predictions["validation"][task]
             tasks[task] = replace(spec, thresholds=tuple(float(t) for t in tune_thresholds(p.truth, p.probs)))
     metrics = {split: metrics_for(preds, tasks, top_k) for split, preds in predictions.items()}
-    return Evaluation(tasks=tasks, metrics=metrics)
+    return Evaluation(tasks=tasks, metrics=metrics, predictions=predictions)
 
 
 def write_plots(evaluation: Evaluation, history: list[dict], directory: str | Path) -> list[Path]:
-    """Confusion matrices (multiclass tasks, every split) and learning curves as PNGs."""
+    """The run's PNGs, for every split and task: ``confusion_<task>_<split>.png``
+    (multiclass), ``per_class_<task>_<split>.png`` (per-label precision/recall/F1),
+    ``roc_pr_<task>_<split>.png`` (when ``evaluation.predictions`` holds the scores), and
+    ``learning_curves.png`` when there is a history."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for split, per_task in evaluation.metrics.items():
         for task, result in per_task.items():
+            name = f"{task}_{split}.png"
+            title = f"{task} ({split})"
             if "confusion_matrix" in result:
                 written.append(plot_confusion_matrix(
-                    result["confusion_matrix"], result["labels"], f"{task} ({split})",
-                    directory / f"confusion_{task}_{split}.png",
+                    result["confusion_matrix"], result["labels"], title, directory / f"confusion_{name}",
                 ))
+            if result.get("per_label"):
+                written.append(plot_per_class(result, title, directory / f"per_class_{name}"))
+            scores = evaluation.predictions.get(split, {}).get(task)
+            if scores is not None and len(scores.truth):
+                written.append(plot_roc_pr(scores.truth, scores.probs, result["labels"], title,
+                                           directory / f"roc_pr_{name}"))
     if history:
         written.append(plot_history(history, directory / "learning_curves.png"))
     return written

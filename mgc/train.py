@@ -30,6 +30,7 @@ from mgc.config import TrainConfig, train_config_from_dict
 from mgc.data import failed_tracks, good_tracks, split_of, track_dataset
 from mgc.manifest import read_manifest
 from mgc.models import ARCHITECTURES
+from mgc.report import write_report
 from mgc.scoring import evaluate_splits, write_plots
 from mgc.splits import apply_fold, assign_splits
 from mgc.targets import SPLITS, encode_targets, mask_column, resolve_tasks, target_column
@@ -124,25 +125,26 @@ def _run_feature_baseline(cfg: TrainConfig, table: pd.DataFrame, specs: dict, st
     with tempfile.TemporaryDirectory(prefix="mgc-baseline-") as tmp:
         stage = Path(tmp)
         (stage / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
-        write_plots(result.evaluation, [], stage)
+        plots = write_plots(result.evaluation, [], stage)
+        write_report(stage, metrics, plots, f"mgc feature baseline on {cfg.manifest}")
         result.save(str(stage))
         storage.upload_dir(stage, cfg.output)
     return TrainResult(output=cfg.output, checkpoint=storage.join(cfg.output, BASELINE_FILE), metrics=metrics)
 
 
-def run_training(cfg: TrainConfig, run_name: str | None = None) -> TrainResult:
-    """Train on ``cfg.manifest`` and write checkpoint, metrics.json and plots to ``cfg.output``.
+@dataclass(frozen=True)
+class DecodedSplits:
+    """The decoded, materialized splits of one manifest, ready for any number of fits."""
 
-    ``run_name`` names an existing Ray Train run to continue (see :func:`resume_training`).
-    """
-    started = time.time()
-    if cfg.arch not in ARCHITECTURES and cfg.arch != FEATURES_ARCH:  # fail before minutes of decoding
-        raise ValueError(f"unknown --arch {cfg.arch!r}; choose one of {sorted([*ARCHITECTURES, FEATURES_ARCH])}")
-    if storage.is_local(cfg.output):  # workers run elsewhere: give them an absolute path
-        cfg = dataclasses.replace(cfg, output=storage.filesystem_for(cfg.output)[1])
+    specs: dict
+    datasets: dict[str, Any]
+    counts: dict[str, int]
+    skipped: pd.DataFrame
+
+
+def decode_splits(cfg: TrainConfig) -> DecodedSplits:
+    """Read the manifest and decode every track once into materialized train/validation/test datasets."""
     table, specs = prepare_table(cfg)
-    if cfg.arch == FEATURES_ARCH:
-        return _run_feature_baseline(cfg, table, specs, started)
     decoded = track_dataset(table, cfg.audio, cfg.data).materialize()
     skipped = failed_tracks(decoded)
     good = good_tracks(decoded).materialize()
@@ -154,15 +156,16 @@ def run_training(cfg: TrainConfig, run_name: str | None = None) -> TrainResult:
             f"no decodable training tracks in {cfg.manifest} ({len(skipped)} skipped: "
             f"{skipped['error'].head(5).tolist()})"
         )
+    return DecodedSplits(specs, datasets, counts, skipped)
 
-    name = run_name or f"mgc-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage.write_text(storage.join(cfg.output, RUN_FILE), json.dumps(
-        {"name": name, "config": dataclasses.asdict(cfg)}, indent=2, default=str))
-    has_validation = counts["validation"] > 0
+
+def make_trainer(cfg: TrainConfig, decoded: DecodedSplits, name: str, callbacks: list | None = None) -> TorchTrainer:
+    """A TorchTrainer running :func:`train_loop_per_worker` on ``decoded``'s splits."""
+    has_validation = decoded.counts["validation"] > 0
     loop_config = {
         "arch": cfg.arch,
         "audio": cfg.audio.to_dict(),
-        "tasks": {t: {"type": s.type, "labels": list(s.labels)} for t, s in specs.items()},
+        "tasks": {t: {"type": s.type, "labels": list(s.labels)} for t, s in decoded.specs.items()},
         "name": cfg.arch,
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
@@ -180,7 +183,11 @@ def run_training(cfg: TrainConfig, run_name: str | None = None) -> TrainResult:
         "backbone_lr_scale": cfg.backbone_lr_scale,
         "augment": dataclasses.asdict(cfg.augment),
     }
-    trainer = TorchTrainer(
+    datasets = decoded.datasets
+    run_config = _run_config(cfg, name)
+    if callbacks:
+        run_config = dataclasses.replace(run_config, callbacks=callbacks)
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
@@ -190,8 +197,36 @@ def run_training(cfg: TrainConfig, run_name: str | None = None) -> TrainResult:
         ),
         datasets={"train": datasets["train"], **({"validation": datasets["validation"]} if has_validation else {})},
         dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=_run_config(cfg, name),
+        run_config=run_config,
     )
+
+
+def absolute_output(cfg: TrainConfig) -> TrainConfig:
+    """Workers run elsewhere: give them an absolute output path."""
+    if storage.is_local(cfg.output):
+        return dataclasses.replace(cfg, output=storage.filesystem_for(cfg.output)[1])
+    return cfg
+
+
+def run_training(cfg: TrainConfig, run_name: str | None = None, decoded: DecodedSplits | None = None) -> TrainResult:
+    """Train on ``cfg.manifest`` and write checkpoint, metrics.json and plots to ``cfg.output``.
+
+    ``run_name`` names an existing Ray Train run to continue (see :func:`resume_training`);
+    ``decoded`` reuses splits decoded earlier (cross-validation and tuning decode once).
+    """
+    started = time.time()
+    if cfg.arch not in ARCHITECTURES and cfg.arch != FEATURES_ARCH:  # fail before minutes of decoding
+        raise ValueError(f"unknown --arch {cfg.arch!r}; choose one of {sorted([*ARCHITECTURES, FEATURES_ARCH])}")
+    cfg = absolute_output(cfg)
+    if cfg.arch == FEATURES_ARCH:
+        table, specs = prepare_table(cfg)
+        return _run_feature_baseline(cfg, table, specs, started)
+    decoded = decoded or decode_splits(cfg)
+    datasets, counts, skipped = decoded.datasets, decoded.counts, decoded.skipped
+    name = run_name or f"mgc-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage.write_text(storage.join(cfg.output, RUN_FILE), json.dumps(
+        {"name": name, "config": dataclasses.asdict(cfg)}, indent=2, default=str))
+    trainer = make_trainer(cfg, decoded, name)
     result = trainer.fit()
     best = result.get_best_checkpoint(metric="val_score", mode="max") or result.checkpoint
     if best is None:
@@ -221,7 +256,8 @@ def run_training(cfg: TrainConfig, run_name: str | None = None) -> TrainResult:
             "seconds": round(time.time() - started, 1),
         }
         (stage / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
-        write_plots(evaluated, history, stage)
+        plots = write_plots(evaluated, history, stage)
+        write_report(stage, metrics, plots, f"mgc training run: {cfg.arch} on {cfg.manifest}")
         storage.upload_dir(stage, cfg.output)
     checkpoint_uri = storage.join(cfg.output, CHECKPOINT_DIR)
     print(f"[mgc] checkpoint: {checkpoint_uri}", flush=True)

@@ -115,7 +115,8 @@ def test_demo_baseline_metrics_and_skipped_tracks(demo_run, tmp_path):
     assert document["test"]["genre"]["accuracy"] == result.metrics["test"]["genre"]["accuracy"]
     assert document["counts"] == result.counts and len(document["skipped"]) == 5
     plots = write_plots(result.evaluation, [], tmp_path / "plots")
-    assert {p.name for p in plots} == {f"confusion_{t}_{s}.png" for t in ("genre", "mood") for s in ("validation", "test")}
+    assert {p.name for p in plots} == {f"{kind}_{t}_{s}.png" for kind in ("confusion", "per_class", "roc_pr")
+                                       for t in ("genre", "mood") for s in ("validation", "test")}
 
     written = json.loads(open(result.save(str(tmp_path))).read())
     assert (tmp_path / BASELINE_FILE).exists() and not any(p.suffix in (".pkl", ".pickle", ".joblib", ".pt") for p in tmp_path.rglob("*"))
