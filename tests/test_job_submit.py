@@ -43,6 +43,10 @@ def ray_head(tmp_path):
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2",
          "--port", str(free_port()), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+         # Every agent port free too: the session's own local Ray may hold the defaults.
+         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+         "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+         "--ray-client-server-port", str(free_port()),
          "--temp-dir", "/tmp/ray-mgc-job-test", "--disable-usage-stats"],
         env=env, stdout=open(tmp_path / "head.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True,
     )
