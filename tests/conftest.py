@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -28,6 +32,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until a `ray start --head` process's dashboard answers (or the process dies)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"ray start exited with {head.returncode}")
+        try:
+            urllib.request.urlopen(url + "/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # it answers (token authentication refuses an anonymous request)
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"dashboard at {url} did not come up in {timeout} s")
 
 
 @pytest.fixture(scope="session")

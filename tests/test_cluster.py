@@ -23,8 +23,6 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
@@ -32,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, wait_for_dashboard
 
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
@@ -464,19 +462,6 @@ def test_job_invocation_parser() -> None:
 # ------------------------------------------------- the token mechanism the configs use
 
 
-def wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if head.poll() is not None:
-            raise RuntimeError(f"ray start exited with {head.returncode}")
-        try:
-            urllib.request.urlopen(url + "/api/version", timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # it answers (and refuses the anonymous request)
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"dashboard at {url} did not come up in {timeout} s")
 
 
 @pytest.mark.slow

@@ -6,33 +6,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, wait_for_dashboard
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 
 
-def wait_for_dashboard(url: str, head: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if head.poll() is not None:
-            raise RuntimeError(f"ray start exited with {head.returncode}")
-        try:
-            urllib.request.urlopen(url + "/api/version", timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # it answers (token authentication refuses an anonymous request)
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(f"dashboard at {url} did not come up in {timeout} s")
 
 
 @pytest.fixture
