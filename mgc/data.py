@@ -46,7 +46,8 @@ class DecodeMel:
         self.cfg = AudioConfig.from_dict(audio)
         self.features = features
 
-    def _one(self, uri: str) -> tuple[np.ndarray, float, str | None]:
+    def decode(self, uri: str) -> tuple[np.ndarray, float, str | None]:
+        """``(mels or windows, duration_s, error)`` of one track; never raises for a bad track."""
         try:
             track = load_track(uri, self.cfg)
             values = log_mel(track.windows, self.cfg) if self.features == MEL else track.windows
@@ -62,7 +63,7 @@ class DecodeMel:
         return np.zeros((0, self.cfg.n_mels, self.cfg.frames_per_window), dtype=np.float32)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = [self._one(str(uri)) for uri in batch["uri"]]
+        results = [self.decode(str(uri)) for uri in batch["uri"]]
         mels = [r[0] for r in results]
         out = dict(batch)
         out[self.features] = _object_array(mels)

@@ -16,6 +16,7 @@ window's own maximum (a loud window must not push a quiet one to the floor).
 
 Neither path calls librosa per window: that is the hot path of a throughput product, so
 both frame all windows at once, stay in float32 and apply the filterbank as one matmul.
+The numpy path uses scipy's float32 rFFT (numpy's is several times slower in float32).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import functools
 
 import librosa
 import numpy as np
+import scipy.fft
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -74,30 +76,63 @@ def _floor_per_window(db: np.ndarray | torch.Tensor, top_db: float | None):
     return np.maximum(db, peak - np.float32(top_db))
 
 
+# STFT frames handled per block in :func:`log_mel`: bounds its temporaries (framed audio,
+# spectrum, power: ~8-16 MiB each with the defaults) however long the input, and keeps
+# them small enough to stay in cache-friendly sizes.
+_BLOCK_FRAMES = 2048
+
+
 def log_mel(windows: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     """Log-mel power in dB, ``[..., samples]`` -> ``[..., n_mels, frames]`` float32.
 
     Equal per window to librosa's ``power_to_db(melspectrogram(...))`` (see module
-    docstring) while framing every window in one strided view, one float32 rFFT and one
-    matmul, which is several times faster than calling librosa per window.
+    docstring) while framing whole blocks of windows in one strided view, one float32
+    rFFT (scipy's pocketfft: vectorised over frames, several times numpy's speed in
+    float32) and one matmul. Windows are processed in blocks of about ``_BLOCK_FRAMES``
+    STFT frames, so the temporary memory is bounded whatever the number of windows.
     """
     x = np.asarray(windows, dtype=np.float32)
     if x.ndim == 0:
         raise ValueError("log_mel expects [..., samples], got a scalar")
+    lead, n_samples = x.shape[:-1], x.shape[-1]
+    flat = x.reshape(-1, n_samples)
+    n_frames = 1 + n_samples // cfg.hop_length
+    out = np.empty((flat.shape[0], cfg.n_mels, n_frames), dtype=np.float32)
+    rows = max(1, _BLOCK_FRAMES // n_frames)
+    for start in range(0, flat.shape[0], rows):
+        out[start : start + rows] = _log_mel_block(flat[start : start + rows], cfg)
+    return out.reshape(*lead, cfg.n_mels, n_frames)
+
+
+def _log_mel_block(x: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """:func:`log_mel` of ``[windows, samples]`` float32 -> ``[windows, n_mels, frames]``."""
+    n_windows, n_samples = x.shape
     pad = cfg.n_fft // 2
-    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="constant")
-    # [..., frames, n_fft] view: no copy until the window is applied.
-    frames = sliding_window_view(padded, cfg.n_fft, axis=-1)[..., :: cfg.hop_length, :]
-    spectrum = np.fft.rfft(frames * _hann(cfg.n_fft), axis=-1)  # complex64
+    padded = np.zeros((n_windows, n_samples + 2 * pad), dtype=np.float32)  # zero ("constant") padding
+    padded[:, pad : pad + n_samples] = x
+    # [windows, frames, n_fft] view: no copy until the window is applied.
+    frames = sliding_window_view(padded, cfg.n_fft, axis=-1)[:, :: cfg.hop_length, :]
+    framed = frames * _hann(cfg.n_fft)
+    spectrum = scipy.fft.rfft(framed, axis=-1, overwrite_x=True, workers=1)  # complex64
+    del framed
     power = np.square(spectrum.real)
     power += np.square(spectrum.imag)
-    fb = mel_filterbank(cfg)
+    del spectrum
     n_freq = power.shape[-1]
-    mel = (power.reshape(-1, n_freq) @ fb.T).reshape(*power.shape[:-1], cfg.n_mels)
-    db = np.log10(np.maximum(mel, np.float32(cfg.amin)))
-    db *= np.float32(10.0)
-    db = _floor_per_window(np.swapaxes(db, -1, -2), cfg.top_db)
-    return np.ascontiguousarray(db, dtype=np.float32)
+    mel = power.reshape(-1, n_freq) @ _filterbank_t(cfg)  # [windows * frames, n_mels]
+    np.maximum(mel, np.float32(cfg.amin), out=mel)
+    np.log10(mel, out=mel)
+    mel *= np.float32(10.0)
+    db = mel.reshape(n_windows, -1, cfg.n_mels).swapaxes(-1, -2)
+    return _floor_per_window(db, cfg.top_db)
+
+
+@functools.lru_cache(maxsize=16)
+def _filterbank_t(cfg: AudioConfig) -> np.ndarray:
+    """``mel_filterbank(cfg).T`` made contiguous (the matmul's fast layout), read-only."""
+    fb_t = np.ascontiguousarray(mel_filterbank(cfg).T)
+    fb_t.setflags(write=False)
+    return fb_t
 
 
 class LogMel(torch.nn.Module):

@@ -144,7 +144,10 @@ def test_sigkill_mid_run_then_rerun_leaves_every_track_exactly_once(small_demo, 
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     final = pd.read_parquet(output)
     assert len(final) == 96 and final.track_id.is_unique
-    assert re.search(rf'"already_tagged": {len(partial)}', rerun.stdout)
+    # Ray workers orphaned by the kill may still finish the file they were writing: the
+    # rerun sees at least what was readable right after the kill, never a partial file.
+    already = int(re.search(r'"already_tagged": (\d+)', rerun.stdout).group(1))
+    assert len(partial) <= already < 96
 
 
 README_SECTION = "## Query the predictions with pandas"
