@@ -194,10 +194,12 @@ class _MonoResampler:
     the header undercounts), so the track is not held twice at the end either.
     """
 
-    def __init__(self, sr_in: int, sr_out: int, expected_frames: int = 0) -> None:
+    def __init__(self, sr_in: int, sr_out: int, expected_frames: int = 0, max_expected: int | None = None) -> None:
         same = sr_in == sr_out
         self._stream = None if same else soxr.ResampleStream(sr_in, sr_out, 1, dtype="float32")
         expected = _resampled_length(max(0, expected_frames), sr_in, sr_out)
+        if max_expected is not None:  # a header may claim anything: do not trust it with memory
+            expected = min(expected, max_expected)
         self._out = np.empty(expected, dtype=np.float32)
         self._size = 0
 
@@ -269,7 +271,9 @@ def _decode_soundfile(data: bytes, sample_rate: int) -> np.ndarray:
     """
     with sf.SoundFile(io.BytesIO(data)) as handle:
         declared = handle.frames
-        out = _MonoResampler(handle.samplerate, sample_rate, declared)
+        # At most 16 output samples per byte up front (MP3/Vorbis give ~1-3, FLAC/PCM < 1);
+        # a track that really decodes to more grows the buffer.
+        out = _MonoResampler(handle.samplerate, sample_rate, declared, max_expected=16 * len(data) + (1 << 20))
         # libsndfile 1.2's MPEG decoder corrupts samples where one read call ends and the
         # next begins (worse at low bitrates): an MP3 is read in one call, as before.
         block_frames = -1 if handle.format == "MP3" else _BLOCK_FRAMES

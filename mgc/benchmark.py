@@ -850,6 +850,11 @@ def table(result: dict) -> str:
         arch, device = key.rsplit("_", 1)
         rows.append((f"Training {arch}, {device}, batch {t['batch']} (samples/s)", "",
                      f"{t['samples_per_s']:.1f} ({t['threads']} threads)", f"peak RSS {t['peak_rss_mb']:.0f} MB"))
+    m = result.get("machine", {})
+    if m:
+        rows.append(("Machine", f"{m['cpus']} CPUs, {m.get('cpu_model', '')}",
+                     f"load avg {m['loadavg_before'][0]:.1f} before, {m['loadavg_after'][0]:.1f} after",
+                     f"{result.get('benchmark_seconds', 0):.0f} s"))
     lines = ["| Measure | Baseline | mgc | Ratio |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {r} |" for a, b, c, r in rows]
     return "\n".join(lines)
