@@ -8,22 +8,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout (or job working dir) first
 
-from mgc import storage  # noqa: E402
-from mgc.cli import dataclass_from_args, init_ray, train_parser  # noqa: E402
-from mgc.config import TrainConfig  # noqa: E402
+from mgc.cli import init_ray, train_config_from_args, train_parser  # noqa: E402
 from mgc.crossval import run_cross_validation  # noqa: E402
-from mgc.demo import make_demo_set  # noqa: E402
 from mgc.train import TrainResult, resume_training, run_training  # noqa: E402
-
-# The demo has ~60 training tracks of 10 s: more, smaller steps than a real data set needs.
-DEMO_PRESET = TrainConfig(epochs=20, batch_size=16)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,11 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         init_ray()
         return report(resume_training(args.resume))
-    cfg: TrainConfig = dataclass_from_args(TrainConfig, args, base=TrainConfig() if args.manifest else DEMO_PRESET)
-    if not cfg.manifest:
-        demo_dir = args.demo_dir or storage.join(cfg.output, "data")
-        cfg = dataclasses.replace(cfg, manifest=str(make_demo_set(demo_dir)))
-        print(f"[mgc] no --manifest: training on the demo set at {cfg.manifest}", flush=True)
+    cfg = train_config_from_args(args)
     init_ray()
     if args.folds:
         print(json.dumps(run_cross_validation(cfg, args.folds), indent=2))

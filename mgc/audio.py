@@ -23,7 +23,7 @@ import soundfile as sf
 import soxr
 
 from mgc.config import AudioConfig
-from mgc.storage import filesystem_for, is_local
+from mgc.storage import StorageError, filesystem_for, is_local, is_transient, read_bytes, with_retries
 
 __all__ = [
     "AudioError",
@@ -122,18 +122,19 @@ class DecodedTrack:
 def fetch(uri: str) -> bytes:
     """Read the whole object behind ``uri`` (local path, ``file://``, ``s3://``, ...).
 
-    Everything goes through :func:`mgc.storage.filesystem_for` so S3 endpoints are
-    honoured. Any failure other than "does not exist" becomes ``fetch_failed`` with the
-    exception type in the detail: for a per-track pipeline a bad URI, a permission
-    error and a dropped connection are all "could not get the bytes of this track".
+    Through :func:`mgc.storage.read_bytes`, so S3 endpoints are honoured and transient
+    errors are retried. A store that stays down raises :class:`mgc.storage.StorageError`,
+    which is the job's failure, not this track's: recording it as a ``fetch_failed`` row
+    would let a rerun skip the track as done. Any other failure but "does not exist"
+    (a bad URI, a permission error on this object) is this track's ``fetch_failed``.
     """
     try:
-        fs, path = filesystem_for(uri)
-        with fs.open(path, "rb") as handle:
-            data = handle.read()
+        data = read_bytes(uri)
     except FileNotFoundError as exc:
         raise AudioError(MISSING, uri, f"no such object: {uri}") from exc
-    except Exception as exc:  # noqa: BLE001 - any I/O trouble is this track's failure
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other I/O trouble is this track's failure
         raise AudioError(FETCH_FAILED, uri, f"{type(exc).__name__}: {exc}") from exc
     if not data:
         raise AudioError(EMPTY, uri, f"zero bytes: {uri}")
@@ -467,17 +468,38 @@ class _Unseekable(Exception):
     """Internal: this file has to be decoded whole (no seeking, unknown length, ...)."""
 
 
+class _ReadFailed(Exception):
+    """Internal: an I/O error while reading windows (``cause``), classified by the caller."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 def _load_sampled(uri: str, cfg: AudioConfig) -> DecodedTrack | None:
     """The ``max_windows`` windows of ``uri`` read by seeking, or ``None`` to decode it whole.
 
-    ``None`` when every window is needed anyway (a short track), or when libsndfile
-    cannot open or seek the file (the whole-file path then decodes or classifies it).
+    ``None`` when every window is needed anyway (a short track), when libsndfile cannot
+    open or seek the file (the whole-file path then decodes or classifies it), or when a
+    read failed transiently: the whole-file path retries it, and raises StorageError if
+    the store stays down.
     """
     try:
+        return _read_sampled(uri, cfg)
+    except _ReadFailed as failed:
+        if is_transient(failed.cause):
+            return None
+        raise AudioError(FETCH_FAILED, uri, f"{type(failed.cause).__name__}: {failed.cause}") from None
+
+
+def _read_sampled(uri: str, cfg: AudioConfig) -> DecodedTrack | None:
+    try:
         fs, path = filesystem_for(uri)
-        handle = fs.open(path, "rb")
+        handle = with_retries("open", uri, lambda: fs.open(path, "rb"))
     except FileNotFoundError as exc:
         raise AudioError(MISSING, uri, f"no such object: {uri}") from exc
+    except StorageError:
+        raise
     except Exception as exc:  # noqa: BLE001 - as in fetch()
         raise AudioError(FETCH_FAILED, uri, f"{type(exc).__name__}: {exc}") from exc
     with handle:
@@ -487,7 +509,7 @@ def _load_sampled(uri: str, cfg: AudioConfig) -> DecodedTrack | None:
             head = handle.read(_HEAD_BYTES)
             handle.seek(0)
         except Exception as exc:  # noqa: BLE001
-            raise AudioError(FETCH_FAILED, uri, f"{type(exc).__name__}: {exc}") from exc
+            raise _ReadFailed(exc) from exc
         if not size:
             raise AudioError(EMPTY, uri, f"zero bytes: {uri}")
         wav_problem = _wav_truncation(head, size)
@@ -500,7 +522,7 @@ def _load_sampled(uri: str, cfg: AudioConfig) -> DecodedTrack | None:
             snd = sf.SoundFile(source)
         except Exception:  # noqa: BLE001 - not for this path; decode() will say what it is
             if reader.error is not None:
-                raise AudioError(FETCH_FAILED, uri, f"{type(reader.error).__name__}: {reader.error}") from None
+                raise _ReadFailed(reader.error) from None
             return None
         try:
             with snd:
@@ -513,10 +535,10 @@ def _load_sampled(uri: str, cfg: AudioConfig) -> DecodedTrack | None:
             raise AudioError(CORRUPT, uri, "decoded samples contain NaN or Inf") from None
         except Exception as exc:  # noqa: BLE001 - a decoder failure mid-file
             if reader.error is not None:
-                raise AudioError(FETCH_FAILED, uri, f"{type(reader.error).__name__}: {reader.error}") from None
+                raise _ReadFailed(reader.error) from None
             raise AudioError(CORRUPT, uri, f"soundfile: {type(exc).__name__}: {exc}") from None
         if reader.error is not None:
-            raise AudioError(FETCH_FAILED, uri, f"{type(reader.error).__name__}: {reader.error}")
+            raise _ReadFailed(reader.error)
     duration_s = n_out / cfg.sample_rate
     _check_track(uri, windows, duration_s, cfg)
     return DecodedTrack(windows=windows, duration_s=duration_s)

@@ -191,6 +191,8 @@ class FeatureExtractor:
             return track_features(load_track(uri, self.cfg).windows, self.cfg), None
         except AudioError as err:
             return np.full(self.width, np.nan, dtype=np.float32), str(err)
+        except storage.StorageError:
+            raise  # the store is down: the job's failure, not this track's (see mgc.audio.fetch)
         except Exception as err:  # noqa: BLE001 - one bad track must never kill the job
             return np.full(self.width, np.nan, dtype=np.float32), f"decode_failed: {type(err).__name__}: {err}"
 

@@ -15,7 +15,8 @@ import types
 import typing
 from typing import Any, Sequence
 
-from mgc.config import AudioConfig, AugmentConfig, DataConfig, TagConfig, TrainConfig
+from mgc import storage
+from mgc.config import AudioConfig, AugmentConfig, CompareConfig, DataConfig, TagConfig, TrainConfig
 
 NESTED = {"audio": AudioConfig, "data": DataConfig, "augment": AugmentConfig}
 
@@ -93,17 +94,43 @@ def config_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPa
     return parser
 
 
+# The demo has ~60 training tracks of 10 s: more, smaller steps than a real data set needs.
+DEMO_PRESET = TrainConfig(epochs=20, batch_size=16)
+
+
+def demo_aware_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A TrainConfig parser whose jobs fall back to the built-in demo set without --manifest."""
+    parser = config_parser(TrainConfig, prog, description)
+    parser.add_argument("--demo-dir", default=None,
+                        help="where the demo set is generated when no --manifest is given "
+                             "(default: <output>/data)")
+    return parser
+
+
+def train_config_from_args(args: argparse.Namespace, output: str = TrainConfig.output) -> TrainConfig:
+    """The run's TrainConfig (``output`` unless --output); without --manifest, :data:`DEMO_PRESET`
+    on a freshly made demo set.
+
+    Why here: every job that trains (train, compare) must behave the same with no flags.
+    """
+    from mgc.demo import make_demo_set
+
+    base = TrainConfig() if args.manifest else DEMO_PRESET
+    cfg: TrainConfig = dataclass_from_args(TrainConfig, args, base=dataclasses.replace(base, output=output))
+    if cfg.manifest:
+        return cfg
+    demo_dir = args.demo_dir or storage.join(cfg.output, "data")
+    print(f"[mgc] no --manifest: training on the demo set in {demo_dir}", flush=True)
+    return dataclasses.replace(cfg, manifest=str(make_demo_set(demo_dir)))
+
+
 def train_parser() -> argparse.ArgumentParser:
-    parser = config_parser(
-        TrainConfig,
+    parser = demo_aware_parser(
         "jobs/train.py",
         "Train genre and mood taggers on Ray. With no --manifest, trains on the "
         "built-in demo set (generated on the fly) into runs/demo/, with --epochs 20 "
         "--batch-size 16 unless given.",
     )
-    parser.add_argument("--demo-dir", default=None,
-                        help="where the demo set is generated when no --manifest is given "
-                             "(default: <output>/data)")
     parser.add_argument("--folds", type=int, default=None, metavar="K",
                         help="grouped K-fold cross-validation: K runs into <output>/fold-<k>/ and "
                              "<output>/cv.json with each metric's mean and spread (uses the manifest's "
@@ -111,6 +138,17 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", default=None, metavar="OUTPUT_DIR",
                         help="continue the interrupted run whose --output was OUTPUT_DIR, from its "
                              "latest epoch checkpoint, with its saved config (other flags are ignored)")
+    return parser
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    parser = demo_aware_parser(
+        "jobs/compare.py",
+        "Train several archs (default: all) and the feature baseline on one manifest with the same "
+        "splits and budget; write comparison.md / comparison.json (params, train samples/s, metrics). "
+        "With no --manifest, compares on the demo set into runs/compare/.",
+    )
+    add_dataclass_arguments(parser, CompareConfig)
     return parser
 
 

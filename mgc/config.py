@@ -167,6 +167,18 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """Several archs trained on one manifest with one budget (`jobs/compare.py`)."""
+
+    # Archs to train, in table order; empty: every registered arch (``--arch`` choices).
+    archs: tuple[str, ...] = ()
+    # Add the feature baseline (``--arch features``) as the reference row.
+    baseline: bool = True
+    # Split whose metrics fill the table.
+    report_split: str = "test"
+
+
+@dataclass(frozen=True)
 class TagConfig:
     """One tagging run. Every field is a `jobs/tag.py` flag."""
 

@@ -17,6 +17,7 @@ from ray.data.expressions import col
 from mgc.audio import AudioError, load_track
 from mgc.config import AudioConfig, DataConfig
 from mgc.features import log_mel
+from mgc.storage import StorageError
 
 MEL = "mel"
 WINDOWS = "windows"
@@ -35,7 +36,9 @@ class DecodeMel:
     """Callable class run by Ray Data actors: decode each uri and build its log-mels.
 
     A track that cannot be fetched, decoded, is too short or silent gets an empty array
-    and ``error`` = ``"<reason>: <detail>"``; nothing raised here stops the job. With
+    and ``error`` = ``"<reason>: <detail>"``; nothing about one track stops the job. An
+    object store that stays down does (:class:`mgc.storage.StorageError`): every track
+    would otherwise become an error row that a rerun skips as done. With
     ``features="windows"`` the raw audio windows go out instead (column ``windows``), for
     a consumer that computes the mels on a GPU.
     """
@@ -54,6 +57,8 @@ class DecodeMel:
             return values, track.duration_s, None
         except AudioError as err:
             return self._empty(), float("nan"), str(err)
+        except StorageError:
+            raise  # the store is down: the job's failure, not this track's (see mgc.audio.fetch)
         except Exception as err:  # noqa: BLE001 - one bad track must never kill the job
             return self._empty(), float("nan"), f"decode_failed: {type(err).__name__}: {err}"
 

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import tempfile
+import time
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -79,12 +80,24 @@ def random_windows(mels: Iterable[np.ndarray], rng: np.random.Generator) -> np.n
     return np.stack([m[rng.integers(len(m))] for m in mels]).astype(np.float32, copy=False)
 
 
-def _mean_across_workers(value: float, weight: int, device: torch.device) -> float:
+def _sum_across_workers(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
+    """Element-wise sum (or max) of ``values`` over the DDP workers; unchanged on one worker."""
     if not (dist.is_available() and dist.is_initialized()):
-        return value
-    pair = torch.tensor([value * weight, float(weight)], device=device, dtype=torch.float64)
-    dist.all_reduce(pair)
-    return float(pair[0] / pair[1].clamp(min=1.0))
+        return values
+    tensor = torch.tensor(values, device=device, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def epoch_throughput(loss_sum: float, seen: int, seconds: float, device: torch.device) -> tuple[float, float]:
+    """(mean train loss, train samples/s) of one epoch over every worker.
+
+    Samples/s is all workers' windows over the slowest worker's time: what the whole
+    trainer sustained, data loading included (what `jobs/compare.py` reports per arch).
+    """
+    total_loss, total_seen = _sum_across_workers([loss_sum, float(seen)], device)
+    (slowest,) = _sum_across_workers([seconds], device, op="max")
+    return total_loss / max(total_seen, 1.0), total_seen / max(slowest, 1e-9)
 
 
 def _resume_state(model: torch.nn.Module) -> dict[str, Any] | None:
@@ -148,6 +161,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if epoch <= config["freeze_backbone_epochs"]:
             bare.backbone.eval()  # frozen: keep its BatchNorm statistics too
         loss_sum, seen = 0.0, 0
+        epoch_started = time.perf_counter()
         for batch in train_shard.iter_batches(
             batch_size=config["batch_size"],
             batch_format="numpy",
@@ -163,10 +177,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             optimizer.step()
             loss_sum += float(loss.detach()) * len(windows)
             seen += len(windows)
+        train_loss, samples_per_s = epoch_throughput(loss_sum, seen, time.perf_counter() - epoch_started, device)
         schedule.step()
         metrics: dict[str, Any] = {
             "epoch": epoch,
-            "train_loss": _mean_across_workers(loss_sum / max(seen, 1), seen, device),
+            "train_loss": train_loss,
+            "train_samples_per_s": samples_per_s,
             "lr": schedule.get_last_lr()[-1],
         }
         if rank == 0:

@@ -405,9 +405,6 @@ def test_tag_job_fails_cleanly_when_the_store_goes_down_mid_run(dead_store, s3_e
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="needs mgc.audio.fetch to read through storage.read_bytes and "
-                   "mgc.audio / mgc.data.DecodeMel to let StorageError through (issue #6): until then a "
-                   "track whose audio the dead store cannot serve becomes that track's fetch_failed row")
 def test_tag_job_with_local_output_blames_no_track_when_the_audio_store_goes_down(
         dead_store, s3_endpoint, small_demo, tmp_path):
     """Audio on S3, predictions local: when S3 dies mid-run the job must fail, not go on

@@ -1,0 +1,161 @@
+"""Compare archs on one manifest: same splits, same budget, same metrics, one table.
+
+Why: the seed projects compared many CNNs (and hand-made features with gradient
+boosting) but each with its own splits and scripts, so their numbers did not line up.
+Here the manifest is decoded once, every arch is a normal training run of the same loop
+(:func:`mgc.train.run_training`, artifacts under ``<output>/<arch>/``), the feature
+baseline is always a row, and the table reports what a user chooses an arch by:
+parameters, training throughput measured inside the real run, and track-level metrics.
+
+A comparison is resumable: an arch whose ``<output>/<arch>/metrics.json`` was written by
+the same config is read back, not retrained; an arch that fails is recorded with its
+error and the others still run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import traceback
+from typing import Any
+
+from mgc import storage
+from mgc.baseline import ARCH as FEATURES_ARCH
+from mgc.baseline import feature_names
+from mgc.config import CompareConfig, TrainConfig
+from mgc.models import ARCHITECTURES, build_model, count_parameters
+from mgc.train import METRICS_FILE, DecodedSplits, absolute_output, decode_splits, prepare_table, run_training
+
+COMPARISON_JSON = "comparison.json"
+COMPARISON_MD = "comparison.md"
+METRIC_KEYS = ("accuracy", "top_k_accuracy", "f1_macro", "roc_auc", "pr_auc")
+
+
+class ComparisonError(RuntimeError):
+    """At least one arch of the comparison failed (the others' rows are still written)."""
+
+
+def archs_to_compare(compare: CompareConfig) -> list[str]:
+    """The archs in table order (the baseline last); unknown names refused before any work."""
+    archs = list(compare.archs) or list(ARCHITECTURES)
+    unknown = [a for a in archs if a not in ARCHITECTURES and a != FEATURES_ARCH]
+    if unknown:
+        raise ValueError(f"unknown arch(s) {unknown}; choose from {sorted([*ARCHITECTURES, FEATURES_ARCH])}")
+    if compare.baseline and FEATURES_ARCH not in archs:
+        archs.append(FEATURES_ARCH)
+    return list(dict.fromkeys(archs))
+
+
+def steady_samples_per_s(history: list[dict]) -> float | None:
+    """Median training throughput over the epochs after the first (which pays warm-up)."""
+    rates = [h["train_samples_per_s"] for h in history if h.get("train_samples_per_s")]
+    steady = rates[1:] or rates
+    return float(statistics.median(steady)) if steady else None
+
+
+def _config_json(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def _previous_metrics(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The metrics of an earlier run of exactly this config in ``cfg.output``, if any."""
+    uri = storage.join(cfg.output, METRICS_FILE)
+    if not storage.exists(uri):
+        return None
+    metrics = json.loads(storage.read_bytes(uri))
+    return metrics if metrics.get("config") == _config_json(cfg) else None
+
+
+def comparison_row(arch: str, metrics: dict[str, Any], params: int | None, split: str) -> dict[str, Any]:
+    """One table row: size, speed and the ``split`` metrics of every task."""
+    row: dict[str, Any] = {
+        "arch": arch,
+        "params": params,
+        "train_samples_per_s": steady_samples_per_s(metrics.get("history", [])),
+        "best_epoch": metrics.get("best_epoch"),
+        "seconds": metrics.get("seconds"),
+        "error": None,
+    }
+    for task, result in sorted(metrics.get(split, {}).items()):
+        for key in METRIC_KEYS:
+            row[f"{task}_{key}"] = result.get(key)
+        row[f"{task}_vote_accuracy"] = result.get("vote", {}).get("accuracy")
+    return row
+
+
+def _params(arch: str, cfg: TrainConfig, specs: dict) -> int:
+    """Trainable size: the CNN's parameters with this manifest's heads, or the baseline's features."""
+    if arch == FEATURES_ARCH:
+        return len(feature_names(cfg.audio))
+    return count_parameters(build_model(arch, {task: len(spec.labels) for task, spec in specs.items()}))
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The comparison as a Markdown table (``-`` where a metric does not apply)."""
+    suffix = "_vote_accuracy"
+    tasks = sorted({key[: -len(suffix)] for r in rows for key in r if key.endswith(suffix)})
+    header = ["arch", "params", "train samples/s", "best epoch", "seconds"]
+    for task in tasks:
+        header += [f"{task} acc", f"{task} vote acc", f"{task} top-k", f"{task} F1", f"{task} ROC-AUC", f"{task} PR-AUC"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        params = r["params"]
+        size = "-" if params is None else (f"{params} features" if r["arch"] == FEATURES_ARCH else f"{params / 1e6:.2f} M")
+        cells = [r["arch"], size, _fmt(r["train_samples_per_s"], 1), _fmt(r["best_epoch"]), _fmt(r["seconds"], 0)]
+        if r["error"]:
+            cells += [f"failed: {r['error']}"] + [""] * (len(header) - len(cells) - 1)
+        else:
+            for task in tasks:
+                cells += [_fmt(r.get(f"{task}_{key}"), 3) for key in
+                          ("accuracy", "vote_accuracy", "top_k_accuracy", "f1_macro", "roc_auc", "pr_auc")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any, digits: int | None = None) -> str:
+    if value is None:
+        return "-"
+    if digits is None or not isinstance(value, float):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def run_comparison(base: TrainConfig, compare: CompareConfig) -> dict[str, Any]:
+    """Train every arch of ``compare`` on ``base.manifest``; write and return the table.
+
+    Raises :class:`ComparisonError` after writing the table when an arch failed.
+    """
+    archs = archs_to_compare(compare)
+    base = absolute_output(base)
+    _, specs = prepare_table(base)  # a bad manifest is refused before any arch runs
+    decoded: DecodedSplits | None = None
+    rows: list[dict[str, Any]] = []
+    for arch in archs:
+        cfg = dataclasses.replace(base, arch=arch, output=storage.join(base.output, arch))
+        print(f"[mgc] compare: {arch} ({len(rows) + 1}/{len(archs)})", flush=True)
+        try:
+            metrics = _previous_metrics(cfg)
+            if metrics is None:
+                if arch != FEATURES_ARCH and decoded is None:
+                    decoded = decode_splits(base)  # once, for every CNN
+                metrics = run_training(cfg, decoded=decoded if arch != FEATURES_ARCH else None).metrics
+            else:
+                print(f"[mgc] compare: {arch} already trained with this config in {cfg.output}", flush=True)
+            rows.append(comparison_row(arch, metrics, _params(arch, cfg, specs), compare.report_split))
+        except Exception as err:  # noqa: BLE001 - one arch failing must not lose the others
+            traceback.print_exc()
+            rows.append({"arch": arch, "params": None, "train_samples_per_s": None, "best_epoch": None,
+                         "seconds": None, "error": f"{type(err).__name__}: {err}"})
+    summary = {"manifest": base.manifest, "split": compare.report_split, "epochs": base.epochs,
+               "batch_size": base.batch_size, "rows": rows}
+    table = markdown_table(rows)
+    storage.write_text(storage.join(base.output, COMPARISON_JSON), json.dumps(summary, indent=2, default=str))
+    storage.write_text(storage.join(base.output, COMPARISON_MD),
+                       f"# mgc arch comparison on {base.manifest} ({compare.report_split} split, "
+                       f"{base.epochs} epochs, batch {base.batch_size})\n\n{table}")
+    print(table, flush=True)
+    failed = [r["arch"] for r in rows if r["error"]]
+    if failed:
+        raise ComparisonError(f"arch(s) failed: {failed}; see {storage.join(base.output, COMPARISON_JSON)}")
+    return summary

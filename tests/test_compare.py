@@ -1,0 +1,89 @@
+"""jobs/compare.py: several archs and the feature baseline on one manifest, one table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torchvision
+
+from mgc.compare import ComparisonError, archs_to_compare, markdown_table, run_comparison, steady_samples_per_s
+from mgc.config import CompareConfig, DataConfig, TrainConfig
+from mgc.models import build_model, count_parameters
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_arch_list_defaults_to_every_arch_plus_the_baseline_and_refuses_unknown_names():
+    every = archs_to_compare(CompareConfig())
+    assert every[0] == "cnn" and every[-1] == "features" and "inception_v3" in every and len(every) == 17
+    assert archs_to_compare(CompareConfig(archs=("resnet18", "cnn"), baseline=False)) == ["resnet18", "cnn"]
+    with pytest.raises(ValueError, match="resnet9"):
+        archs_to_compare(CompareConfig(archs=("resnet9",)))
+
+
+def test_throughput_skips_the_warm_up_epoch_and_the_table_marks_missing_values():
+    history = [{"train_samples_per_s": 5.0}, {"train_samples_per_s": 40.0}, {"train_samples_per_s": 44.0},
+               {"train_samples_per_s": 42.0}]
+    assert steady_samples_per_s(history) == 42.0
+    assert steady_samples_per_s(history[:1]) == 5.0 and steady_samples_per_s([]) is None
+    rows = [{"arch": "cnn", "params": 101_000, "train_samples_per_s": 42.0, "best_epoch": 3, "seconds": 20.0,
+             "error": None, "genre_accuracy": 0.75, "genre_vote_accuracy": 0.5, "genre_roc_auc": None},
+            {"arch": "vgg19_bn", "params": None, "train_samples_per_s": None, "best_epoch": None, "seconds": None,
+             "error": "TrainingFailedError: out of memory"}]
+    table = markdown_table(rows).splitlines()
+    assert table[0].startswith("| arch | params | train samples/s") and "genre vote acc" in table[0]
+    assert table[2].startswith("| cnn | 0.10 M | 42.0 | 3 | 20 | 0.750 | 0.500 | - |")
+    assert "failed: TrainingFailedError: out of memory" in table[3]
+
+
+@pytest.mark.slow
+def test_comparison_trains_each_arch_on_the_same_tracks_resumes_and_survives_a_failing_arch(
+        ray_local, small_demo, tmp_path, capsys):
+    # A user's local torchvision weights: they fit resnet18; the compact cnn has none and must fail alone.
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    base = TrainConfig(manifest=str(small_demo), output=str(tmp_path / "cmp"), epochs=2, batch_size=8,
+                       weights_file=str(weights), max_failures=0, data=DataConfig(decode_concurrency=2))
+
+    summary = run_comparison(base, CompareConfig(archs=("resnet18",)))
+    rows = {r["arch"]: r for r in summary["rows"]}
+    assert list(rows) == ["resnet18", "features"]
+    resnet, features = rows["resnet18"], rows["features"]
+    assert resnet["params"] == count_parameters(build_model("resnet18", {"genre": 2, "mood": 2}))
+    assert features["params"] == 89 and features["train_samples_per_s"] is None
+    assert resnet["train_samples_per_s"] > 0 and resnet["best_epoch"] in (1, 2) and resnet["error"] is None
+    for row in rows.values():  # both scored on the same test tracks by the same metrics code
+        assert 0.0 <= row["genre_accuracy"] <= 1.0 and 0.0 <= row["mood_accuracy"] <= 1.0
+        assert row["genre_vote_accuracy"] is not None and row["genre_roc_auc"] is not None
+    test_counts = {arch: json.loads((tmp_path / "cmp" / arch / "metrics.json").read_text())["test"]["genre"]["n_tracks"]
+                   for arch in rows}
+    assert test_counts == {"resnet18": 4, "features": 4}
+    assert (tmp_path / "cmp" / "resnet18" / "checkpoint" / "model.pt").exists()
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert f"| resnet18 | {resnet['params'] / 1e6:.2f} M |" in table and "| features | 89 features |" in table
+
+    first_metrics = (tmp_path / "cmp" / "resnet18" / "metrics.json").read_text()
+    capsys.readouterr()
+    with pytest.raises(ComparisonError, match="cnn"):
+        run_comparison(base, CompareConfig(archs=("resnet18", "cnn"), baseline=False))
+    assert "resnet18 already trained with this config" in capsys.readouterr().out
+    assert (tmp_path / "cmp" / "resnet18" / "metrics.json").read_text() == first_metrics, "not retrained"
+    rows = {r["arch"]: r for r in json.loads((tmp_path / "cmp" / "comparison.json").read_text())["rows"]}
+    assert rows["resnet18"]["genre_accuracy"] == resnet["genre_accuracy"]
+    assert "genre_accuracy" not in rows["cnn"], "a failed arch gets no scores"
+    assert "pretrained weights" in rows["cnn"]["error"], rows["cnn"]["error"]
+    assert "| cnn | - | - | - | - | failed:" in (tmp_path / "cmp" / "comparison.md").read_text()
+    assert pd.read_json(tmp_path / "cmp" / "comparison.json", typ="series")["split"] == "test"
+
+
+def test_compare_job_refuses_a_single_arch_flag():
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "compare.py"), "--arch", "cnn"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--archs" in done.stderr
