@@ -44,7 +44,8 @@ from threadpoolctl import threadpool_limits
 from mgc import __version__, storage
 from mgc.audio import AudioError, load_track
 from mgc.config import AudioConfig, DataConfig, TaskSpec, TrainConfig
-from mgc.targets import SPLITS, mask_column, target_column, targets_matrix
+from mgc.manifest import SPLITS
+from mgc.targets import mask_column, target_column, targets_matrix
 
 # Ray Data actors import this module to run FeatureExtractor, so torch (mgc.features,
 # mgc.scoring, mgc.data) is imported only inside the driver-side functions that need it:

@@ -152,6 +152,23 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """One evaluation. Every field is a `jobs/evaluate.py` flag."""
+
+    checkpoint: str = ""
+    manifest: str = ""
+    # train / validation / test, or "all" for every row.
+    split: str = "test"
+    # Default: <checkpoint>/../eval-<split>.
+    output: str | None = None
+    # k of the top-k accuracy (the seed projects reported top-4).
+    top_k: int = 4
+    # Tracks per forward pass batch.
+    batch_size: int = 32
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     """A Ray Tune (ASHA) search over the training loop's main knobs (`jobs/tune.py`)."""
 

@@ -14,7 +14,6 @@ import posixpath
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pandas as pd
 
 from mgc import storage
 from mgc.checkpoint import load_checkpoint
-from mgc.config import DataConfig, TaskSpec, label_column
+from mgc.config import DataConfig, EvaluateConfig, TaskSpec, label_column
 from mgc.data import failed_tracks, good_tracks, track_dataset
 from mgc.manifest import read_manifest
 from mgc.report import write_report
@@ -36,23 +35,6 @@ ALL = "all"
 
 class EvaluationError(RuntimeError):
     """Nothing to evaluate (e.g. no manifest row in the asked split)."""
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """One evaluation. Every field is a `jobs/evaluate.py` flag."""
-
-    checkpoint: str = ""
-    manifest: str = ""
-    # train / validation / test, or "all" for every row.
-    split: str = "test"
-    # Default: <checkpoint>/../eval-<split>.
-    output: str | None = None
-    # k of the top-k accuracy (the seed projects reported top-4).
-    top_k: int = 4
-    # Tracks per forward pass batch.
-    batch_size: int = 32
-    data: DataConfig = field(default_factory=DataConfig)
 
 
 def default_output(checkpoint: str, split: str | None) -> str:

@@ -643,7 +643,7 @@ def write_manifest(df: pd.DataFrame, uri: str, *, allow_http: bool | None = None
     """Validate ``df`` and write it to ``uri`` in the format its extension names.
 
     CSV/TSV join label lists with ``|`` (a label containing ``|`` is refused there, as
-    it could not be read back); Parquet and JSONL keep real lists. The write is atomic
+    it could not be read back), and extra list columns the same way; Parquet and JSONL keep real lists. The write is atomic
     (:func:`mgc.storage.write_bytes`), so a reader never sees half a manifest. Reading
     the result back with :func:`read_manifest` gives the same contract columns (uris
     written relative are resolved on reading, by design).
@@ -673,6 +673,11 @@ def _to_parquet(df: pd.DataFrame) -> bytes:
     return sink.getvalue()
 
 
+def is_list_column(series: pd.Series) -> bool:
+    """True when every value of a non-empty column is a list or tuple."""
+    return len(series) > 0 and all(isinstance(value, (list, tuple)) for value in series.tolist())
+
+
 def _to_delimited(df: pd.DataFrame, sep: str, source: str) -> bytes:
     """CSV/TSV bytes, label lists joined with ``|``, UTF-8, ``\\n`` line ends."""
     df = df.copy()
@@ -688,6 +693,9 @@ def _to_delimited(df: pd.DataFrame, sep: str, source: str) -> bytes:
         df[column] = [LIST_SEPARATOR.join(labels) for labels in cells]
     if problems:
         raise ManifestError(problems, source)
+    for column in df.columns:  # extra list columns (Jamendo's instruments): `piano|guitar`, not a repr
+        if column not in LABEL_COLUMNS and is_list_column(df[column]):
+            df[column] = [LIST_SEPARATOR.join(map(str, value)) for value in df[column]]
     # repr-exact floats so duration_s survives the round trip.
     if "duration_s" in df.columns:
         df["duration_s"] = ["" if math.isnan(x) else repr(float(x)) for x in df["duration_s"]]

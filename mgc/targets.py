@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mgc.config import TASK_TYPES, TASKS, TaskSpec, label_column
-from mgc.manifest import SPLITS, infer_task_type, label_vocabulary  # noqa: F401 (re-export)
+from mgc.manifest import infer_task_type, label_vocabulary
 
 def target_column(task: str) -> str:
     return f"target_{task}"

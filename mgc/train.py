@@ -28,12 +28,12 @@ from mgc.baseline import BASELINE_FILE, BaselineError, fit_feature_baseline
 from mgc.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from mgc.config import TrainConfig, train_config_from_dict
 from mgc.data import failed_tracks, good_tracks, split_of, track_dataset
-from mgc.manifest import read_manifest
+from mgc.manifest import SPLITS, read_manifest
 from mgc.models import ARCHITECTURES
 from mgc.report import write_report
 from mgc.scoring import evaluate_splits, write_plots
 from mgc.splits import apply_fold, assign_splits
-from mgc.targets import SPLITS, encode_targets, mask_column, resolve_tasks, target_column
+from mgc.targets import encode_targets, mask_column, resolve_tasks, target_column
 from mgc.train_loop import HISTORY_FILE, train_loop_per_worker
 
 CHECKPOINT_DIR = "checkpoint"

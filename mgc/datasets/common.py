@@ -16,11 +16,9 @@ import pandas as pd
 
 from mgc import splits, storage
 from mgc.manifest import (
-    COMPRESSIONS,
     CONTRACT_COLUMNS,
-    FORMATS,
     LABEL_COLUMNS,
-    LIST_SEPARATOR,
+    is_list_column,
     label_vocabulary,
     validate_manifest,
     write_manifest,
@@ -167,31 +165,8 @@ def finish(build: DatasetBuild, config: FinishConfig = FinishConfig()) -> Datase
     return build.replace(df)
 
 
-def save(df: pd.DataFrame, uri: str) -> None:
-    """Write ``df`` with :func:`mgc.manifest.write_manifest`, extra list columns joined.
-
-    The manifest writer joins ``genres``/``moods`` with ``|`` in CSV/TSV; extra list
-    columns (Jamendo's ``instruments``) are joined the same way here so that a CSV holds
-    ``piano|guitar`` rather than a Python list's repr. Parquet and JSONL keep lists.
-    """
-    if _is_text_format(uri):
-        df = df.copy()
-        for column in df.columns:
-            if column not in CONTRACT_COLUMNS and _is_list_column(df[column]):
-                df[column] = [LIST_SEPARATOR.join(map(str, value)) for value in df[column]]
-    write_manifest(df, uri)
-
-
-def _is_text_format(uri: str) -> bool:
-    """True when ``uri``'s extension names CSV or TSV (optionally compressed)."""
-    name = posixpath.basename(str(uri).split("?", 1)[0]).lower()
-    for suffix in COMPRESSIONS:
-        name = name.removesuffix(suffix)
-    return any(name.endswith(suffix) and fmt in ("csv", "tsv") for suffix, fmt in FORMATS.items())
-
-
-def _is_list_column(series: pd.Series) -> bool:
-    return len(series) > 0 and all(isinstance(value, (list, tuple)) for value in series.tolist())
+save = write_manifest
+"""Write a built manifest (:func:`mgc.manifest.write_manifest`; CSV/TSV join every list column with ``|``)."""
 
 
 def summary(build: DatasetBuild, name: str = "") -> str:
@@ -207,7 +182,7 @@ def summary(build: DatasetBuild, name: str = "") -> str:
             labeled = int(df[column].map(len).gt(0).sum())
             lines.append(f"  {column}: {len(vocabulary)} labels on {labeled} tracks")
     for column in df.columns:
-        if column not in CONTRACT_COLUMNS and _is_list_column(df[column]):
+        if column not in CONTRACT_COLUMNS and is_list_column(df[column]):
             lines.append(f"  {column}: {len(label_vocabulary(df[column].tolist()))} labels")
     if "artist_id" in df.columns:
         lines.append(f"  artists: {df['artist_id'].nunique(dropna=True)}")
