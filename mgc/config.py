@@ -118,6 +118,10 @@ class TrainConfig:
     freeze_backbone_epochs: int = 0
     # Backbone learning rate = lr * backbone_lr_scale (heads use lr).
     backbone_lr_scale: float = 1.0
+    # Per-layer learning rates (discriminative fine-tuning): the backbone's first layer
+    # learns at layer_lr_decay x the backbone rate, its last at the full backbone rate,
+    # the layers between on a geometric ramp; 1.0 gives every layer the same rate.
+    layer_lr_decay: float = 1.0
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3

@@ -160,6 +160,27 @@ class TaggerModel(nn.Module):
     def forward(self, mels: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.classify(self.embed(mels))
 
+    def backbone_layers(self) -> list[list[nn.Parameter]]:
+        """Backbone parameters by layer, input side first (for per-layer learning rates).
+
+        A layer is a child module holding parameters; ``nn.Sequential`` containers (the
+        ``features`` stacks of VGG, DenseNet, EfficientNet, MobileNet, ...) are opened so
+        each of their blocks is a layer of its own. Every backbone parameter is in exactly
+        one layer.
+        """
+        layers: list[list[nn.Parameter]] = []
+
+        def visit(module: nn.Module) -> None:
+            for child in module.children():
+                if isinstance(child, nn.Sequential):
+                    visit(child)
+                elif any(True for _ in child.parameters()):
+                    layers.append(list(child.parameters()))
+
+        visit(self.backbone)
+        direct = list(self.backbone.parameters(recurse=False))
+        return ([direct] if direct else []) + layers
+
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, input norm + head parameters), for per-part learning rates."""
         backbone = list(self.backbone.parameters())

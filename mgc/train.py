@@ -181,6 +181,7 @@ def make_trainer(cfg: TrainConfig, decoded: DecodedSplits, name: str, callbacks:
         "weights_file": cfg.weights_file,
         "freeze_backbone_epochs": cfg.freeze_backbone_epochs,
         "backbone_lr_scale": cfg.backbone_lr_scale,
+        "layer_lr_decay": cfg.layer_lr_decay,
         "augment": dataclasses.asdict(cfg.augment),
     }
     datasets = decoded.datasets
@@ -217,6 +218,8 @@ def run_training(cfg: TrainConfig, run_name: str | None = None, decoded: Decoded
     started = time.time()
     if cfg.arch not in ARCHITECTURES and cfg.arch != FEATURES_ARCH:  # fail before minutes of decoding
         raise ValueError(f"unknown --arch {cfg.arch!r}; choose one of {sorted([*ARCHITECTURES, FEATURES_ARCH])}")
+    if cfg.layer_lr_decay <= 0:
+        raise ValueError(f"--layer-lr-decay must be > 0, not {cfg.layer_lr_decay}")
     cfg = absolute_output(cfg)
     if cfg.arch == FEATURES_ARCH:
         table, specs = prepare_table(cfg)

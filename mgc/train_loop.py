@@ -27,7 +27,7 @@ from mgc.checkpoint import MODEL_FILE, CheckpointMeta, save_checkpoint
 from mgc.augment import augment_batch
 from mgc.config import AudioConfig, AugmentConfig, TaskSpec
 from mgc.evaluate import headline_score
-from mgc.models import build_model
+from mgc.models import TaggerModel, build_model
 from mgc.scoring import collect_predictions, metrics_for
 from mgc.targets import mask_column, target_column, targets_matrix
 
@@ -73,6 +73,31 @@ def lr_factors(epochs: int, freeze_backbone_epochs: int) -> list:
         return 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
 
     return [lambda e: 0.0 if e < freeze_backbone_epochs else cosine(e), cosine]
+
+
+def layer_lr_scales(n_layers: int, decay: float) -> list[float]:
+    """Learning-rate multipliers per backbone layer, input side first: ``decay`` for the
+    first layer rising geometrically to 1.0 for the last (all 1.0 when ``decay`` is 1)."""
+    if decay <= 0:
+        raise ValueError(f"layer_lr_decay must be > 0, not {decay}")
+    if n_layers <= 1:
+        return [1.0] * n_layers
+    return [decay ** ((n_layers - 1 - i) / (n_layers - 1)) for i in range(n_layers)]
+
+
+def optimizer_groups(model: TaggerModel, lr: float, backbone_lr_scale: float = 1.0,
+                     layer_lr_decay: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the backbone (one group, or one per layer with a
+    ``layer_lr_decay`` other than 1), then the input norm and heads at ``lr``; the head
+    group is always last (:func:`lr_factors` gives it its own schedule)."""
+    backbone, heads = model.parameter_groups()
+    if layer_lr_decay == 1.0:
+        layers = [backbone]
+    else:
+        layers = model.backbone_layers()
+    scales = layer_lr_scales(len(layers), layer_lr_decay)
+    groups = [{"params": params, "lr": lr * backbone_lr_scale * scale} for params, scale in zip(layers, scales)]
+    return groups + [{"params": heads, "lr": lr}]
 
 
 def random_windows(mels: Iterable[np.ndarray], rng: np.random.Generator) -> np.ndarray:
@@ -132,17 +157,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     bare = build_model(meta.arch, meta.heads(), config["pretrained"], config["weights_file"])
     resumed = _resume_state(bare)  # after a worker failure or with --resume: the latest checkpoint
-    backbone_params, head_params = bare.parameter_groups()
+    groups = optimizer_groups(bare, config["lr"], config["backbone_lr_scale"], config["layer_lr_decay"])
     model = ray.train.torch.prepare_model(bare)
     device = ray.train.torch.get_device()
-    optimizer = torch.optim.AdamW(
-        [{"params": backbone_params, "lr": config["lr"] * config["backbone_lr_scale"]},
-         {"params": head_params, "lr": config["lr"]}],
-        weight_decay=config["weight_decay"],
-    )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factors(config["epochs"], config["freeze_backbone_epochs"])
-    )
+    optimizer = torch.optim.AdamW(groups, weight_decay=config["weight_decay"])
+    backbone_factor, head_factor = lr_factors(config["epochs"], config["freeze_backbone_epochs"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [backbone_factor] * (len(groups) - 1) + [head_factor])
     augment = AugmentConfig(**config["augment"])
     generator = torch.Generator().manual_seed(config["seed"] + rank)
 

@@ -94,6 +94,26 @@ def test_frozen_backbone_gets_no_learning_rate_for_its_epochs():
     assert heads(0) == 1.0 and heads(2) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn", "efficientnet_b0", "densenet121", "cnn"])
+def test_per_layer_learning_rates_ramp_from_the_stem_to_the_top_and_cover_every_parameter(arch):
+    from mgc.train_loop import optimizer_groups
+
+    model = build_model(arch, {"genre": 3, "mood": 2})
+    groups = optimizer_groups(model, lr=1e-3, backbone_lr_scale=0.5, layer_lr_decay=0.1)
+    backbone, heads = groups[:-1], groups[-1]
+    assert len(backbone) >= 5, "one group per backbone layer"
+    lrs = [g["lr"] for g in backbone]
+    assert lrs[0] == pytest.approx(0.1 * 0.5e-3) and lrs[-1] == pytest.approx(0.5e-3)
+    assert all(a < b for a, b in zip(lrs, lrs[1:])), "rises from the input side to the output side"
+    assert heads["lr"] == 1e-3 and any(p is model.heads["genre"].weight for p in heads["params"])
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped)) and set(grouped) == {id(p) for p in model.parameters()}
+    stem = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert any(p is stem.weight for p in backbone[0]["params"]), "the stem is the first layer"
+    flat = optimizer_groups(model, lr=1e-3, backbone_lr_scale=0.5)
+    assert [g["lr"] for g in flat] == [0.5e-3, 1e-3], "decay 1: one backbone group, as before"
+
+
 def test_unknown_arch_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="resnet18"):
         build_model("vgg99", {"genre": 2})

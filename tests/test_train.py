@@ -64,10 +64,12 @@ def test_train_from_s3_with_bad_files_writes_checkpoint_to_s3(ray_local, s3_endp
 def test_ddp_two_cpu_workers_checkpoint_loads_and_predicts(ray_local, small_demo, tmp_path):
     augment = AugmentConfig(spec_augment=True, mixup_alpha=0.3, gain_db=3.0)  # every option through real DDP
     result = run_training(quick_config(str(small_demo), str(tmp_path / "run"), num_workers=2, cpus_per_worker=1.0,
-                                       augment=augment, freeze_backbone_epochs=1, backbone_lr_scale=0.5))
+                                       augment=augment, freeze_backbone_epochs=1, backbone_lr_scale=0.5,
+                                       layer_lr_decay=0.3))
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert all(h["train_samples_per_s"] > 0 for h in metrics["history"]), "throughput over both workers"
     assert metrics["config"]["num_workers"] == 2
     loaded = load_checkpoint(result.checkpoint)
     assert loaded.meta.tasks["genre"].labels == ("ambient", "techno")
