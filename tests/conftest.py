@@ -98,6 +98,21 @@ def gtzan_mini() -> Path:
     return GTZAN_MINI
 
 
+@pytest.fixture(scope="session")
+def gtzan_mini_manifest(gtzan_mini, tmp_path_factory) -> str:
+    """gtzan-mini as a manifest: 6 train / 2 validation / 2 test clips per genre (by file name)."""
+    import pandas as pd
+
+    rows = []
+    for genre_dir in sorted(p for p in gtzan_mini.iterdir() if p.is_dir()):
+        for i, clip in enumerate(sorted(genre_dir.glob("*.wav"))):
+            split = "train" if i < 6 else "validation" if i < 8 else "test"
+            rows.append({"track_id": clip.stem, "uri": str(clip), "split": split, "genres": genre_dir.name})
+    path = tmp_path_factory.mktemp("gtzan") / "gtzan.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
 SMALL_DEMO = dict(genres=("ambient", "techno"), moods=("happy", "sad"), tracks_per_pair=4, duration_s=4.0)
 
 # Bad inputs every pipeline must survive, with the reason each must be recorded under.

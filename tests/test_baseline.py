@@ -153,20 +153,9 @@ def test_multilabel_thresholds_tuned_on_validation(ray_local, small_demo):
         assert result.metrics[split] == metrics_for(result.predictions[split], result.tasks, cfg.top_k)
 
 
-def gtzan_manifest(root, path) -> str:
-    """6 train / 2 validation / 2 test clips per genre (as tests/test_train.py builds it)."""
-    rows = []
-    for genre_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for i, clip in enumerate(sorted(genre_dir.glob("*.wav"))):
-            split = "train" if i < 6 else "validation" if i < 8 else "test"
-            rows.append({"track_id": clip.stem, "uri": str(clip), "split": split, "genres": genre_dir.name})
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return str(path)
-
-
 @pytest.mark.slow
-def test_gtzan_mini_baseline_well_above_chance(ray_local, gtzan_mini, tmp_path):
-    result = run_baseline(baseline_config(gtzan_manifest(gtzan_mini, tmp_path / "gtzan.csv")))
+def test_gtzan_mini_baseline_well_above_chance(ray_local, gtzan_mini_manifest):
+    result = run_baseline(baseline_config(gtzan_mini_manifest))
     assert result.skipped.empty and result.counts == {"train": 60, "validation": 20, "test": 20, "skipped": 0}
     test = result.metrics["test"]["genre"]
     print(f"\n[gtzan-mini baseline] {result.seconds} validation accuracy "

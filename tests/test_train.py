@@ -80,19 +80,8 @@ def test_ddp_two_cpu_workers_checkpoint_loads_and_predicts(ray_local, small_demo
     assert np.all((probs["mood"] >= 0) & (probs["mood"] <= 1))
 
 
-def gtzan_manifest(root, path) -> str:
-    rows = []
-    for genre_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        clips = sorted(genre_dir.glob("*.wav"))
-        for i, clip in enumerate(clips):
-            split = "train" if i < 6 else "validation" if i < 8 else "test"
-            rows.append({"track_id": clip.stem, "uri": str(clip), "split": split, "genres": genre_dir.name})
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return str(path)
-
-
-def test_real_music_decodes_and_training_lowers_the_loss(ray_local, gtzan_mini, tmp_path):
-    manifest = gtzan_manifest(gtzan_mini, tmp_path / "gtzan.csv")
+def test_real_music_decodes_and_training_lowers_the_loss(ray_local, gtzan_mini_manifest, tmp_path):
+    manifest = gtzan_mini_manifest
     result = run_training(quick_config(manifest, str(tmp_path / "run"), epochs=5, batch_size=12, lr=3e-3))
 
     metrics = result.metrics
