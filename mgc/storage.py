@@ -371,7 +371,7 @@ def write_bytes(uri: str, data: bytes, *, retry: RetryPolicy | None = None) -> N
     if is_local(uri):
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -382,6 +382,33 @@ def write_bytes(uri: str, data: bytes, *, retry: RetryPolicy | None = None) -> N
             raise
     else:
         with_retries("write", uri, lambda: fs.pipe_file(path, data), retry)
+
+
+TEMP_PREFIX = ".tmp-"
+
+
+def remove_stale_temporaries(uri: str, older_than_s: float = 3600.0) -> int:
+    """Delete the ``.tmp-*`` files a killed local writer left in folder ``uri``; return how many.
+
+    Only those older than ``older_than_s``, so a writer still busy beside this process
+    keeps its file. Readers already ignore them; this keeps a folder from filling up over
+    many crashed runs. Object stores never hold such files (one PUT per object): a no-op.
+    """
+    if not is_local(uri):
+        return 0
+    _, path = filesystem_for(uri)
+    if not os.path.isdir(path):
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for entry in os.scandir(path):
+        if entry.name.startswith(TEMP_PREFIX) and entry.is_file() and entry.stat().st_mtime < cutoff:
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:  # another process cleaned it first
+                pass
+    return removed
 
 
 def write_text(uri: str, text: str, *, retry: RetryPolicy | None = None) -> None:

@@ -350,6 +350,9 @@ def run_tagging(cfg: TagConfig) -> TagSummary:
     if cfg.retag and storage.exists(partition):
         fs, path = storage.filesystem_for(partition)
         fs.rm(path, recursive=True)
+    stale = storage.remove_stale_temporaries(partition)
+    if stale:
+        print(f"[mgc] removed {stale} stale temporary file(s) a killed run left in {partition}", flush=True)
     manifest = read_manifest(cfg.manifest)
     done = tagged_track_ids(cfg.output, run_id)
     todo = manifest.loc[~manifest["track_id"].isin(done), ["track_id", "uri"]]

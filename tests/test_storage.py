@@ -414,3 +414,16 @@ def test_tag_job_with_local_output_blames_no_track_when_the_audio_store_goes_dow
                              lambda: any(output.rglob("part-*.parquet")))
     assert not list(output.rglob(".tmp-*"))
     assert_whole_files_of_fine_tracks([pq.read_table(path) for path in sorted(output.rglob("*.parquet"))])
+
+
+def test_stale_temporaries_are_removed_and_fresh_ones_and_real_files_kept(tmp_path, s3_endpoint, s3_bucket):
+    old, fresh, real = tmp_path / ".tmp-old", tmp_path / ".tmp-fresh", tmp_path / "part-1.parquet"
+    for path in (old, fresh, real):
+        path.write_bytes(b"x")
+    hours_ago = time.time() - 7200
+    os.utime(old, (hours_ago, hours_ago))
+    os.utime(real, (hours_ago, hours_ago))
+    assert storage.remove_stale_temporaries(str(tmp_path)) == 1
+    assert not old.exists() and fresh.exists() and real.exists()
+    assert storage.remove_stale_temporaries(str(tmp_path / "absent")) == 0
+    assert storage.remove_stale_temporaries(f"s3://{s3_bucket}/preds") == 0

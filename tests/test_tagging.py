@@ -140,8 +140,14 @@ def test_sigkill_mid_run_then_rerun_leaves_every_track_exactly_once(small_demo, 
     assert 0 < len(partial) < 96, "the kill must land mid-run"
     assert partial.track_id.is_unique
 
+    (partition,) = output.glob("model_id=*")
+    leftover = partition / ".tmp-killed-writer"  # what a writer killed between write and rename leaves
+    leftover.write_bytes(b"half a parquet file")
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
+
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert not leftover.exists() and "stale temporary file" in rerun.stdout
     final = pd.read_parquet(output)
     assert len(final) == 96 and final.track_id.is_unique
     # Ray workers orphaned by the kill may still finish the file they were writing: the
