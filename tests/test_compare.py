@@ -69,6 +69,10 @@ def test_comparison_trains_each_arch_on_the_same_tracks_resumes_and_survives_a_f
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert f"| resnet18 | {resnet['params'] / 1e6:.2f} M |" in table and "| features | 89 features |" in table
 
+    # As if written by an mgc from before a TrainConfig field existed: still this config.
+    stored = json.loads((tmp_path / "cmp" / "resnet18" / "metrics.json").read_text())
+    del stored["config"]["layer_lr_decay"]
+    (tmp_path / "cmp" / "resnet18" / "metrics.json").write_text(json.dumps(stored))
     first_metrics = (tmp_path / "cmp" / "resnet18" / "metrics.json").read_text()
     capsys.readouterr()
     with pytest.raises(ComparisonError, match="cnn"):
