@@ -24,6 +24,7 @@ from mgc import storage
 from mgc.baseline import ARCH as FEATURES_ARCH
 from mgc.baseline import feature_names
 from mgc.config import CompareConfig, TrainConfig, train_config_from_dict
+from mgc.manifest import SPLITS
 from mgc.models import ARCHITECTURES, build_model, count_parameters
 from mgc.train import METRICS_FILE, DecodedSplits, absolute_output, decode_splits, prepare_table, run_training
 
@@ -107,13 +108,20 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         size = "-" if params is None else (f"{params} features" if r["arch"] == FEATURES_ARCH else f"{params / 1e6:.2f} M")
         cells = [r["arch"], size, _fmt(r["train_samples_per_s"], 1), _fmt(r["best_epoch"]), _fmt(r["seconds"], 0)]
         if r["error"]:
-            cells += [f"failed: {r['error']}"] + [""] * (len(header) - len(cells) - 1)
+            cells += [f"failed: {_one_line(r['error'])}"] + [""] * (len(header) - len(cells) - 1)
         else:
             for task in tasks:
                 cells += [_fmt(r.get(f"{task}_{key}"), 3) for key in
                           ("accuracy", "vote_accuracy", "top_k_accuracy", "f1_macro", "roc_auc", "pr_auc")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _one_line(error: str) -> str:
+    """An error for a table cell: its first line and, for a worker's traceback, its root cause."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    text = lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}"
+    return text.replace("|", "/")
 
 
 def _fmt(value: Any, digits: int | None = None) -> str:
@@ -124,17 +132,31 @@ def _fmt(value: Any, digits: int | None = None) -> str:
     return f"{value:.{digits}f}"
 
 
+def _write_table(base: TrainConfig, compare: CompareConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = {"manifest": base.manifest, "split": compare.report_split, "epochs": base.epochs,
+               "batch_size": base.batch_size, "rows": rows}
+    storage.write_text(storage.join(base.output, COMPARISON_JSON), json.dumps(summary, indent=2, default=str))
+    storage.write_text(storage.join(base.output, COMPARISON_MD),
+                       f"# mgc arch comparison on {base.manifest} ({compare.report_split} split, "
+                       f"{base.epochs} epochs, batch {base.batch_size})\n\n{markdown_table(rows)}")
+    return summary
+
+
 def run_comparison(base: TrainConfig, compare: CompareConfig) -> dict[str, Any]:
     """Train every arch of ``compare`` on ``base.manifest``; write and return the table.
 
     Raises :class:`ComparisonError` after writing the table when an arch failed.
     """
     archs = archs_to_compare(compare)
+    if compare.report_split not in SPLITS:
+        raise ValueError(f"--report-split must be one of {SPLITS}, not {compare.report_split!r}")
     base = absolute_output(base)
     _, specs = prepare_table(base)  # a bad manifest is refused before any arch runs
     decoded: DecodedSplits | None = None
     rows: list[dict[str, Any]] = []
     for arch in archs:
+        if rows:
+            _write_table(base, compare, rows)  # what is done so far, should the run be stopped
         cfg = dataclasses.replace(base, arch=arch, output=storage.join(base.output, arch))
         print(f"[mgc] compare: {arch} ({len(rows) + 1}/{len(archs)})", flush=True)
         try:
@@ -150,14 +172,8 @@ def run_comparison(base: TrainConfig, compare: CompareConfig) -> dict[str, Any]:
             traceback.print_exc()
             rows.append({"arch": arch, "params": None, "train_samples_per_s": None, "best_epoch": None,
                          "seconds": None, "error": f"{type(err).__name__}: {err}"})
-    summary = {"manifest": base.manifest, "split": compare.report_split, "epochs": base.epochs,
-               "batch_size": base.batch_size, "rows": rows}
-    table = markdown_table(rows)
-    storage.write_text(storage.join(base.output, COMPARISON_JSON), json.dumps(summary, indent=2, default=str))
-    storage.write_text(storage.join(base.output, COMPARISON_MD),
-                       f"# mgc arch comparison on {base.manifest} ({compare.report_split} split, "
-                       f"{base.epochs} epochs, batch {base.batch_size})\n\n{table}")
-    print(table, flush=True)
+    summary = _write_table(base, compare, rows)
+    print(markdown_table(rows), flush=True)
     failed = [r["arch"] for r in rows if r["error"]]
     if failed:
         raise ComparisonError(f"arch(s) failed: {failed}; see {storage.join(base.output, COMPARISON_JSON)}")

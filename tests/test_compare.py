@@ -27,6 +27,13 @@ def test_arch_list_defaults_to_every_arch_plus_the_baseline_and_refuses_unknown_
         archs_to_compare(CompareConfig(archs=("resnet9",)))
 
 
+def test_an_unknown_report_split_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="report-split"):
+        run_comparison(TrainConfig(manifest=str(tmp_path / "absent.csv"), output=str(tmp_path / "out")),
+                       CompareConfig(report_split="dev"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_throughput_skips_the_warm_up_epoch_and_the_table_marks_missing_values():
     history = [{"train_samples_per_s": 5.0}, {"train_samples_per_s": 40.0}, {"train_samples_per_s": 44.0},
                {"train_samples_per_s": 42.0}]
@@ -35,11 +42,17 @@ def test_throughput_skips_the_warm_up_epoch_and_the_table_marks_missing_values()
     rows = [{"arch": "cnn", "params": 101_000, "train_samples_per_s": 42.0, "best_epoch": 3, "seconds": 20.0,
              "error": None, "genre_accuracy": 0.75, "genre_vote_accuracy": 0.5, "genre_roc_auc": None},
             {"arch": "vgg19_bn", "params": None, "train_samples_per_s": None, "best_epoch": None, "seconds": None,
-             "error": "TrainingFailedError: out of memory"}]
+             "error": "TrainingFailedError: out of memory"},
+            {"arch": "cnn", "params": None, "train_samples_per_s": None, "best_epoch": None, "seconds": None,
+             "error": "WorkerGroupError: Training failed due to worker errors:\nTraceback (most recent call last):\n"
+                      "  File x\nValueError: the compact 'cnn' has no | pretrained weights\n"}]
     table = markdown_table(rows).splitlines()
     assert table[0].startswith("| arch | params | train samples/s") and "genre vote acc" in table[0]
     assert table[2].startswith("| cnn | 0.10 M | 42.0 | 3 | 20 | 0.750 | 0.500 | - |")
     assert "failed: TrainingFailedError: out of memory" in table[3]
+    assert ("| failed: WorkerGroupError: Training failed due to worker errors: ... "
+            "ValueError: the compact 'cnn' has no / pretrained weights |") in table[4], "one line, root cause kept"
+    assert len(table) == 5
 
 
 @pytest.mark.slow
