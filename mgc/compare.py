@@ -23,7 +23,7 @@ from typing import Any
 from mgc import storage
 from mgc.baseline import ARCH as FEATURES_ARCH
 from mgc.baseline import feature_names
-from mgc.config import CompareConfig, TrainConfig, train_config_from_dict
+from mgc.config import CompareConfig, TrainConfig
 from mgc.manifest import SPLITS
 from mgc.models import ARCHITECTURES, build_model, count_parameters
 from mgc.train import METRICS_FILE, DecodedSplits, absolute_output, decode_splits, prepare_table, run_training
@@ -65,10 +65,9 @@ def _previous_metrics(cfg: TrainConfig) -> dict[str, Any] | None:
     if not storage.exists(uri):
         return None
     metrics = json.loads(storage.read_bytes(uri))
-    if "config" not in metrics:
-        return None
-    # Through the dataclass: a field added to TrainConfig since that run reads as its default.
-    return metrics if _config_json(train_config_from_dict(metrics["config"])) == _config_json(cfg) else None
+    # Exactly this config: a run by another mgc (a field added since, maybe with a new
+    # default behaviour) is trained again rather than compared unlike with like.
+    return metrics if metrics.get("config") == _config_json(cfg) else None
 
 
 def comparison_row(arch: str, metrics: dict[str, Any], params: int | None, split: str) -> dict[str, Any]:

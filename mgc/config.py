@@ -124,6 +124,11 @@ class TrainConfig:
     layer_lr_decay: float = 1.0
     epochs: int = 10
     batch_size: int = 32
+    # Precise BatchNorm: after each epoch, BatchNorm statistics are recomputed with the
+    # epoch's final weights over up to this many of its (unaugmented) training batches, so
+    # evaluation sees the statistics the weights were trained with; 0 keeps the running
+    # averages (which lag badly with few steps, e.g. MobileNetV3's momentum of 0.01).
+    precise_bn_batches: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
     num_workers: int = 1

@@ -182,6 +182,7 @@ def make_trainer(cfg: TrainConfig, decoded: DecodedSplits, name: str, callbacks:
         "freeze_backbone_epochs": cfg.freeze_backbone_epochs,
         "backbone_lr_scale": cfg.backbone_lr_scale,
         "layer_lr_decay": cfg.layer_lr_decay,
+        "precise_bn_batches": cfg.precise_bn_batches,
         "augment": dataclasses.asdict(cfg.augment),
     }
     datasets = decoded.datasets

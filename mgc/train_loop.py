@@ -100,6 +100,22 @@ def optimizer_groups(model: TaggerModel, lr: float, backbone_lr_scale: float = 1
     return groups + [{"params": heads, "lr": lr}]
 
 
+def recalibrate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor]) -> bool:
+    """Recompute every BatchNorm's statistics for the current weights over ``batches``.
+
+    Why: running averages trail the weights; with few steps per epoch (small data sets)
+    or a small momentum (MobileNetV3: 0.01) eval-mode outputs then differ from what was
+    trained, and validation sits at chance while the training loss falls. This is
+    "precise BN" (torch's ``swa_utils.update_bn``: a cumulative average over the batches).
+    Returns False when there was nothing to do.
+    """
+    if not batches or not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return False
+    with torch.no_grad():
+        torch.optim.swa_utils.update_bn(batches, model)
+    return True
+
+
 def random_windows(mels: Iterable[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     """One random window per track: a fresh view of every track each epoch."""
     return np.stack([m[rng.integers(len(m))] for m in mels]).astype(np.float32, copy=False)
@@ -181,6 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if epoch <= config["freeze_backbone_epochs"]:
             bare.backbone.eval()  # frozen: keep its BatchNorm statistics too
         loss_sum, seen = 0.0, 0
+        calibration: list[torch.Tensor] = []
         epoch_started = time.perf_counter()
         for batch in train_shard.iter_batches(
             batch_size=config["batch_size"],
@@ -188,6 +205,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             local_shuffle_buffer_size=config["shuffle_buffer"],
         ):
             windows = torch.from_numpy(random_windows(batch["mel"], rng)).to(device)
+            if len(calibration) < config["precise_bn_batches"]:
+                calibration.append(windows)  # unaugmented: what evaluation will see
             targets, masks = batch_targets(batch, tasks, device)
             if augment.enabled:
                 windows, targets, masks = augment_batch(windows, targets, masks, augment, generator)
@@ -198,6 +217,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss_sum += float(loss.detach()) * len(windows)
             seen += len(windows)
         train_loss, samples_per_s = epoch_throughput(loss_sum, seen, time.perf_counter() - epoch_started, device)
+        if epoch > config["freeze_backbone_epochs"]:  # a frozen backbone keeps its statistics
+            recalibrate_batchnorm(bare, calibration)
+        calibration.clear()
         schedule.step()
         metrics: dict[str, Any] = {
             "epoch": epoch,

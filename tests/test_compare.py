@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,20 @@ def test_an_unknown_report_split_is_refused_before_any_work(tmp_path):
         run_comparison(TrainConfig(manifest=str(tmp_path / "absent.csv"), output=str(tmp_path / "out")),
                        CompareConfig(report_split="dev"))
     assert not (tmp_path / "out").exists()
+
+
+def test_only_a_run_of_exactly_this_config_is_reused(tmp_path):
+    from mgc.compare import _config_json, _previous_metrics
+
+    cfg = TrainConfig(manifest="m.csv", output=str(tmp_path), arch="cnn")
+    assert _previous_metrics(cfg) is None
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": _config_json(cfg), "test": {}}))
+    assert _previous_metrics(cfg) == {"config": _config_json(cfg), "test": {}}
+    older = _config_json(cfg)
+    del older["precise_bn_batches"]  # written by an mgc from before that field (and its behaviour)
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": older}))
+    assert _previous_metrics(cfg) is None
+    assert _previous_metrics(dataclasses.replace(cfg, epochs=cfg.epochs + 1)) is None
 
 
 def test_throughput_skips_the_warm_up_epoch_and_the_table_marks_missing_values():
@@ -82,10 +97,6 @@ def test_comparison_trains_each_arch_on_the_same_tracks_resumes_and_survives_a_f
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert f"| resnet18 | {resnet['params'] / 1e6:.2f} M |" in table and "| features | 89 features |" in table
 
-    # As if written by an mgc from before a TrainConfig field existed: still this config.
-    stored = json.loads((tmp_path / "cmp" / "resnet18" / "metrics.json").read_text())
-    del stored["config"]["layer_lr_decay"]
-    (tmp_path / "cmp" / "resnet18" / "metrics.json").write_text(json.dumps(stored))
     first_metrics = (tmp_path / "cmp" / "resnet18" / "metrics.json").read_text()
     capsys.readouterr()
     with pytest.raises(ComparisonError, match="cnn"):

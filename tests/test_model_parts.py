@@ -114,6 +114,41 @@ def test_per_layer_learning_rates_ramp_from_the_stem_to_the_top_and_cover_every_
     assert [g["lr"] for g in flat] == [0.5e-3, 1e-3], "decay 1: one backbone group, as before"
 
 
+def test_precise_batchnorm_makes_eval_mode_match_what_was_trained():
+    from mgc.train_loop import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v3_small", {"genre": 4})  # BatchNorm momentum 0.01, as torchvision builds it
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    batches = [torch.randn(16, 128, 130) * 15 - 40 for _ in range(4)]  # 3 s log-mel windows, dB-like values
+    targets = torch.randint(0, 4, (16,))
+    for x in batches * 3:  # a few steps, like an epoch of a small data set
+        loss = torch.nn.functional.cross_entropy(model(x)["genre"], targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def eval_vs_batch_statistics(x: torch.Tensor) -> float:
+        with torch.no_grad():
+            model.eval()
+            evaluated = model(x)["genre"]
+            model.train()
+            for module in model.modules():  # the backbone's own classifier MLP has dropout too
+                if isinstance(module, torch.nn.Dropout):
+                    module.eval()
+            trained = model(x)["genre"]  # normalised by this batch's own statistics
+        return float((evaluated - trained).abs().max())
+
+    whole = torch.cat(batches)
+    before = eval_vs_batch_statistics(whole)
+    assert recalibrate_batchnorm(model, [whole]) is True
+    after = eval_vs_batch_statistics(whole)
+    # What is left is eval mode's unbiased variance over few positions in the deepest layers.
+    assert after < 0.02 * before, (before, after)
+    assert model.norm.running_mean.item() == pytest.approx(float(whole.mean()), abs=1e-3)
+    assert not recalibrate_batchnorm(model, []), "nothing to calibrate on: nothing done"
+
+
 def test_unknown_arch_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="resnet18"):
         build_model("vgg99", {"genre": 2})
