@@ -40,6 +40,7 @@ __all__ = [
     "decode",
     "cut_windows",
     "load_track",
+    "track_error",
 ]
 
 MISSING = "missing"
@@ -139,6 +140,22 @@ def fetch(uri: str) -> bytes:
     if not data:
         raise AudioError(EMPTY, uri, f"zero bytes: {uri}")
     return data
+
+
+def track_error(err: Exception) -> str:
+    """The per-track ``error`` text of a failure while loading one track, or re-raise.
+
+    The one rule every per-track pipeline (training decode, tagging, the feature
+    baseline) applies: an :class:`AudioError` is ``"<reason>: <detail>"``; a
+    :class:`mgc.storage.StorageError` is the job's failure (the store is down, see
+    :func:`fetch`) and propagates; anything else is ``decode_failed: ...``, so one bad
+    track never stops the job.
+    """
+    if isinstance(err, StorageError):
+        raise err
+    if isinstance(err, AudioError):
+        return str(err)
+    return f"decode_failed: {type(err).__name__}: {err}"
 
 
 def _looks_like_audio(data: bytes) -> bool:

@@ -42,7 +42,7 @@ import ray
 from threadpoolctl import threadpool_limits
 
 from mgc import __version__, storage
-from mgc.audio import AudioError, load_track
+from mgc.audio import load_track, track_error
 from mgc.config import AudioConfig, DataConfig, TaskSpec, TrainConfig
 from mgc.manifest import SPLITS
 from mgc.targets import mask_column, target_column, targets_matrix
@@ -179,8 +179,8 @@ class FeatureExtractor:
     """Callable class run by Ray Data actors: decode each uri and compute its features.
 
     Failures are recorded exactly as the CNN's decode stage records them
-    (:class:`mgc.data.DecodeMel`): ``str(AudioError)``, or ``decode_failed: ...`` for
-    anything unexpected; such a row gets NaN features and never stops the job.
+    (:class:`mgc.data.DecodeMel`), by :func:`mgc.audio.track_error`; such a row gets NaN
+    features and never stops the job.
     """
 
     def __init__(self, audio: dict[str, Any]):
@@ -190,12 +190,8 @@ class FeatureExtractor:
     def _one(self, uri: str) -> tuple[np.ndarray, str | None]:
         try:
             return track_features(load_track(uri, self.cfg).windows, self.cfg), None
-        except AudioError as err:
-            return np.full(self.width, np.nan, dtype=np.float32), str(err)
-        except storage.StorageError:
-            raise  # the store is down: the job's failure, not this track's (see mgc.audio.fetch)
-        except Exception as err:  # noqa: BLE001 - one bad track must never kill the job
-            return np.full(self.width, np.nan, dtype=np.float32), f"decode_failed: {type(err).__name__}: {err}"
+        except Exception as err:  # noqa: BLE001 - classified (or re-raised) by track_error
+            return np.full(self.width, np.nan, dtype=np.float32), track_error(err)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = [self._one(str(uri)) for uri in batch["uri"]]

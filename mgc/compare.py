@@ -163,14 +163,13 @@ def run_comparison(base: TrainConfig, compare: CompareConfig) -> dict[str, Any]:
             if metrics is None:
                 if arch != FEATURES_ARCH and decoded is None:
                     decoded = decode_splits(base)  # once, for every CNN
-                metrics = run_training(cfg, decoded=decoded if arch != FEATURES_ARCH else None).metrics
+                metrics = run_training(cfg, decoded=decoded).metrics  # the baseline reads the manifest itself
             else:
                 print(f"[mgc] compare: {arch} already trained with this config in {cfg.output}", flush=True)
             rows.append(comparison_row(arch, metrics, _params(arch, cfg, specs), compare.report_split))
         except Exception as err:  # noqa: BLE001 - one arch failing must not lose the others
             traceback.print_exc()
-            rows.append({"arch": arch, "params": None, "train_samples_per_s": None, "best_epoch": None,
-                         "seconds": None, "error": f"{type(err).__name__}: {err}"})
+            rows.append({**comparison_row(arch, {}, None, compare.report_split), "error": f"{type(err).__name__}: {err}"})
     summary = _write_table(base, compare, rows)
     print(markdown_table(rows), flush=True)
     failed = [r["arch"] for r in rows if r["error"]]

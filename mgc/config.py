@@ -159,6 +159,12 @@ class TrainConfig:
     # k of the top-k accuracy (the seed projects reported top-4).
     top_k: int = 4
 
+    def __post_init__(self) -> None:
+        # Refused when the config is made (from flags, run.json, a Tune trial), not in a
+        # worker after minutes of decoding.
+        if self.layer_lr_decay <= 0:
+            raise ValueError(f"--layer-lr-decay must be > 0, not {self.layer_lr_decay}")
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:

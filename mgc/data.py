@@ -14,10 +14,9 @@ import pandas as pd
 import ray
 from ray.data.expressions import col
 
-from mgc.audio import AudioError, load_track
+from mgc.audio import load_track, track_error
 from mgc.config import AudioConfig, DataConfig
 from mgc.features import log_mel
-from mgc.storage import StorageError
 
 MEL = "mel"
 WINDOWS = "windows"
@@ -55,12 +54,8 @@ class DecodeMel:
             track = load_track(uri, self.cfg)
             values = log_mel(track.windows, self.cfg) if self.features == MEL else track.windows
             return values, track.duration_s, None
-        except AudioError as err:
-            return self._empty(), float("nan"), str(err)
-        except StorageError:
-            raise  # the store is down: the job's failure, not this track's (see mgc.audio.fetch)
-        except Exception as err:  # noqa: BLE001 - one bad track must never kill the job
-            return self._empty(), float("nan"), f"decode_failed: {type(err).__name__}: {err}"
+        except Exception as err:  # noqa: BLE001 - classified (or re-raised) by track_error
+            return self._empty(), float("nan"), track_error(err)
 
     def _empty(self) -> np.ndarray:
         if self.features == WINDOWS:

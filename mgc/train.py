@@ -219,8 +219,6 @@ def run_training(cfg: TrainConfig, run_name: str | None = None, decoded: Decoded
     started = time.time()
     if cfg.arch not in ARCHITECTURES and cfg.arch != FEATURES_ARCH:  # fail before minutes of decoding
         raise ValueError(f"unknown --arch {cfg.arch!r}; choose one of {sorted([*ARCHITECTURES, FEATURES_ARCH])}")
-    if cfg.layer_lr_decay <= 0:
-        raise ValueError(f"--layer-lr-decay must be > 0, not {cfg.layer_lr_decay}")
     cfg = absolute_output(cfg)
     if cfg.arch == FEATURES_ARCH:
         table, specs = prepare_table(cfg)

@@ -121,7 +121,7 @@ def random_windows(mels: Iterable[np.ndarray], rng: np.random.Generator) -> np.n
     return np.stack([m[rng.integers(len(m))] for m in mels]).astype(np.float32, copy=False)
 
 
-def _sum_across_workers(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
+def _reduce_across_workers(values: list[float], device: torch.device, op: str = "sum") -> list[float]:
     """Element-wise sum (or max) of ``values`` over the DDP workers; unchanged on one worker."""
     if not (dist.is_available() and dist.is_initialized()):
         return values
@@ -136,8 +136,8 @@ def epoch_throughput(loss_sum: float, seen: int, seconds: float, device: torch.d
     Samples/s is all workers' windows over the slowest worker's time: what the whole
     trainer sustained, data loading included (what `jobs/compare.py` reports per arch).
     """
-    total_loss, total_seen = _sum_across_workers([loss_sum, float(seen)], device)
-    (slowest,) = _sum_across_workers([seconds], device, op="max")
+    total_loss, total_seen = _reduce_across_workers([loss_sum, float(seen)], device)
+    (slowest,) = _reduce_across_workers([seconds], device, op="max")
     return total_loss / max(total_seen, 1.0), total_seen / max(slowest, 1e-9)
 
 
