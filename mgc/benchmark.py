@@ -158,7 +158,7 @@ def make_checkpoints(archs: Iterable[str], root: Path) -> dict[str, str]:
     import torch
 
     from mgc.checkpoint import CheckpointMeta, save_checkpoint
-    from mgc.config import AudioConfig, TaskSpec
+    from mgc.config import ARCH_AUDIO, AudioConfig, TaskSpec
     from mgc.models import build_model
 
     tasks = {"genre": TaskSpec("multiclass", tuple(f"g{i}" for i in range(HEADS["genre"]))),
@@ -167,7 +167,8 @@ def make_checkpoints(archs: Iterable[str], root: Path) -> dict[str, str]:
     for arch in archs:
         torch.manual_seed(0)
         model = build_model(arch, {t: len(s.labels) for t, s in tasks.items()}).eval()
-        out[arch] = str(save_checkpoint(root / arch, model, CheckpointMeta(arch, AudioConfig(), tasks, name=arch)))
+        audio = ARCH_AUDIO.get(arch, AudioConfig())  # a pretrained audio arch's own front end
+        out[arch] = str(save_checkpoint(root / arch, model, CheckpointMeta(arch, audio, tasks, name=arch)))
     return out
 
 
@@ -175,11 +176,18 @@ def make_checkpoints(archs: Iterable[str], root: Path) -> dict[str, str]:
 
 
 def librosa_log_mels(path: str, cfg) -> np.ndarray:
-    """The per-file way: ``librosa.load`` then melspectrogram + power_to_db per 3 s window."""
+    """The per-file way: ``librosa.load`` then melspectrogram + power_to_db per 3 s window
+    (for a front end librosa lacks, EfficientAT's: mgc's own, one window at a time)."""
     import librosa
+
+    from mgc.config import LIBROSA_DB
+    from mgc.features import log_mel
 
     y, sr = librosa.load(path, sr=cfg.sample_rate, mono=True)
     width = cfg.window_samples
+    if cfg.frontend != LIBROSA_DB:
+        mels = [log_mel(y[k * width : (k + 1) * width], cfg) for k in range(len(y) // width)]
+        return np.stack(mels) if mels else np.zeros((0, cfg.n_mels, cfg.frames_per_window), np.float32)
     mels = [
         librosa.power_to_db(
             librosa.feature.melspectrogram(y=y[k * width : (k + 1) * width], sr=sr, n_fft=cfg.n_fft,
@@ -578,6 +586,7 @@ def phase_loop(spec: dict) -> dict:
 def phase_train(spec: dict) -> dict:
     import torch
 
+    from mgc.config import ARCH_AUDIO, AudioConfig
     from mgc.models import build_model
 
     results = {}
@@ -588,7 +597,8 @@ def phase_train(spec: dict) -> dict:
             model = build_model(arch, HEADS).to(device).train()
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
             batch = spec["batch"]
-            x = torch.randn(batch, 128, 130, device=device) * 20 - 40
+            audio = ARCH_AUDIO.get(arch, AudioConfig())  # its own front end's window shape
+            x = torch.randn(batch, audio.n_mels, audio.frames_per_window, device=device) * 20 - 40
             genre = torch.randint(0, HEADS["genre"], (batch,), device=device)
             mood = (torch.rand(batch, HEADS["mood"], device=device) > 0.5).float()
 
@@ -614,7 +624,8 @@ def phase_train(spec: dict) -> dict:
                 "samples_per_s": spec["steps"] * batch / seconds, "batch": batch, "steps": spec["steps"],
                 "threads": torch.get_num_threads(), "peak_rss_mb": peak_rss_mb(),
             }
-    return {"runs": results, "note": "one process, random mels [batch, 128, 130], AdamW, genre + mood heads"}
+    return {"runs": results, "note": "one process, random 3 s mels of each arch's front end ([batch, 128, 130]; "
+                                "EfficientAT archs [batch, 128, 300]), AdamW, genre + mood heads"}
 
 
 PHASES: dict[str, Callable[[dict], dict]] = {

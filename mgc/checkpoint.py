@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 
 from mgc import __version__, storage
-from mgc.config import AudioConfig, TaskSpec
+from mgc.config import AudioConfig, FrontendError, TaskSpec
 from mgc.models import TaggerModel, build_model
 
 MODEL_FILE = "model.pt"
@@ -58,7 +58,14 @@ class CheckpointMeta:
 
     @classmethod
     def from_json(cls, text: str) -> "CheckpointMeta":
+        """Parse ``mgc.json``. Its audio front end is read strictly: a checkpoint whose front
+        end this mgc cannot compute exactly is refused (:class:`CheckpointError`) rather than
+        fed features it was not trained on."""
         data = json.loads(text)
+        try:
+            audio = AudioConfig.from_dict(data["audio"], strict=True)
+        except FrontendError as err:
+            raise CheckpointError(f"cannot use this checkpoint: {err}") from err
         tasks = {
             t: TaskSpec(
                 type=s["type"],
@@ -69,7 +76,7 @@ class CheckpointMeta:
         }
         return cls(
             arch=data["arch"],
-            audio=AudioConfig.from_dict(data["audio"]),
+            audio=audio,
             tasks=tasks,
             metrics=data.get("metrics", {}),
             name=data.get("name", "mgc"),
@@ -109,7 +116,10 @@ def read_meta(directory: str | Path) -> CheckpointMeta:
     path = Path(directory) / META_FILE
     if not path.exists():
         raise CheckpointError(f"{directory} is not an mgc checkpoint: {META_FILE} is missing")
-    return CheckpointMeta.from_json(path.read_text())
+    try:
+        return CheckpointMeta.from_json(path.read_text())
+    except CheckpointError as err:
+        raise CheckpointError(f"{directory}: {err}") from err
 
 
 @dataclass

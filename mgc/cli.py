@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import logging
 import sys
 import dataclasses
 import types
@@ -161,10 +162,25 @@ def tag_parser() -> argparse.ArgumentParser:
     )
 
 
+def configure_logging(level: int = logging.INFO) -> None:
+    """Show the ``mgc`` logger's messages on stdout as ``[mgc] ...`` (jobs call this; the
+    library only logs). Idempotent."""
+    logger = logging.getLogger("mgc")
+    if not any(getattr(h, "_mgc", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[mgc] %(message)s"))
+        handler._mgc = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level)
+
+
 def init_ray() -> None:
-    """Join the cluster when there is one (``ray job submit``, RAY_ADDRESS), else start local Ray."""
+    """Join the cluster when there is one (``ray job submit``, RAY_ADDRESS), else start local
+    Ray; every job starts here, so this also turns on the ``mgc`` log."""
     import ray
 
+    configure_logging()
     if not ray.is_initialized():
         ray.init()
 

@@ -7,6 +7,10 @@ Here the manifest is decoded once, every arch is a normal training run of the sa
 baseline is always a row, and the table reports what a user chooses an arch by:
 parameters, training throughput measured inside the real run, and track-level metrics.
 
+Pretrained audio archs (``mn04`` ...) bring their own front end, so they are decoded
+once per front end; their weights come from ``--weights mn04=PATH`` (or ``--pretrained``),
+and ``--probe-archs`` adds frozen-embedding probe rows (``<output>/<arch>-probe/``).
+
 A comparison is resumable: an arch whose ``<output>/<arch>/metrics.json`` was written by
 the same config is read back, not retrained; an arch that fails is recorded with its
 error and the others still run.
@@ -23,10 +27,13 @@ from typing import Any
 from mgc import storage
 from mgc.baseline import ARCH as FEATURES_ARCH
 from mgc.baseline import feature_names
-from mgc.config import CompareConfig, TrainConfig
+from mgc.config import ARCH_AUDIO, FRONTEND_FIELDS, AudioConfig, CompareConfig, TrainConfig
 from mgc.manifest import SPLITS
 from mgc.models import ARCHITECTURES, build_model, count_parameters
-from mgc.train import METRICS_FILE, DecodedSplits, absolute_output, decode_splits, prepare_table, run_training
+from mgc.rundir import METRICS_FILE
+from mgc.train import DecodedSplits, absolute_output, decode_splits, prepare_table, run_training
+
+PROBE_SUFFIX = " probe"
 
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
@@ -38,14 +45,35 @@ class ComparisonError(RuntimeError):
 
 
 def archs_to_compare(compare: CompareConfig) -> list[str]:
-    """The archs in table order (the baseline last); unknown names refused before any work."""
-    archs = list(compare.archs) or list(ARCHITECTURES)
+    """The rows in table order: fine-tuned archs, probes (``"<arch> probe"``), the baseline
+    last; unknown names are refused before any work."""
+    archs = list(compare.archs) or [a for a in ARCHITECTURES if a not in ARCH_AUDIO or a in compare.weights]
+    probes = list(compare.probe_archs)
     unknown = [a for a in archs if a not in ARCHITECTURES and a != FEATURES_ARCH]
+    unknown += [a for a in probes if a not in ARCHITECTURES]
+    unknown += [a for a in compare.weights if a not in ARCHITECTURES]
     if unknown:
         raise ValueError(f"unknown arch(s) {unknown}; choose from {sorted([*ARCHITECTURES, FEATURES_ARCH])}")
-    if compare.baseline and FEATURES_ARCH not in archs:
-        archs.append(FEATURES_ARCH)
-    return list(dict.fromkeys(archs))
+    rows = archs + [a + PROBE_SUFFIX for a in probes]
+    if compare.baseline and FEATURES_ARCH not in rows:
+        rows.append(FEATURES_ARCH)
+    return list(dict.fromkeys(rows))
+
+
+def row_config(base: TrainConfig, compare: CompareConfig, row: str) -> TrainConfig:
+    """The training config of one table row: ``base`` with the row's arch, its own output
+    folder, its weights (``--weights`` first) and, for an arch that brings one, its own
+    front end (``base``'s windowing kept)."""
+    probe = row.endswith(PROBE_SUFFIX)
+    arch = row[: -len(PROBE_SUFFIX)] if probe else row
+    audio = base.audio
+    if arch in ARCH_AUDIO:  # front end settings back to mgc's defaults: the arch fills in its own
+        default = AudioConfig()
+        audio = dataclasses.replace(audio, **{name: getattr(default, name) for name in FRONTEND_FIELDS})
+    return dataclasses.replace(
+        base, arch=arch, probe=probe, audio=audio, weights_file=compare.weights.get(arch, base.weights_file),
+        output=storage.join(base.output, arch + ("-probe" if probe else "")),
+    )
 
 
 def steady_samples_per_s(history: list[dict]) -> float | None:
@@ -151,25 +179,28 @@ def run_comparison(base: TrainConfig, compare: CompareConfig) -> dict[str, Any]:
         raise ValueError(f"--report-split must be one of {SPLITS}, not {compare.report_split!r}")
     base = absolute_output(base)
     _, specs = prepare_table(base)  # a bad manifest is refused before any arch runs
-    decoded: DecodedSplits | None = None
+    decoded: dict[AudioConfig, DecodedSplits] = {}  # once per front end, for every arch that trains on it
     rows: list[dict[str, Any]] = []
-    for arch in archs:
+    for name in archs:
         if rows:
             _write_table(base, compare, rows)  # what is done so far, should the run be stopped
-        cfg = dataclasses.replace(base, arch=arch, output=storage.join(base.output, arch))
-        print(f"[mgc] compare: {arch} ({len(rows) + 1}/{len(archs)})", flush=True)
+        print(f"[mgc] compare: {name} ({len(rows) + 1}/{len(archs)})", flush=True)
         try:
+            cfg = row_config(base, compare, name)
             metrics = _previous_metrics(cfg)
             if metrics is None:
-                if arch != FEATURES_ARCH and decoded is None:
-                    decoded = decode_splits(base)  # once, for every CNN
-                metrics = run_training(cfg, decoded=decoded).metrics  # the baseline reads the manifest itself
+                splits = None
+                if cfg.arch != FEATURES_ARCH and not cfg.probe:  # the baseline and probes decode themselves
+                    if cfg.audio not in decoded:
+                        decoded[cfg.audio] = decode_splits(cfg)
+                    splits = decoded[cfg.audio]
+                metrics = run_training(cfg, decoded=splits).metrics
             else:
-                print(f"[mgc] compare: {arch} already trained with this config in {cfg.output}", flush=True)
-            rows.append(comparison_row(arch, metrics, _params(arch, cfg, specs), compare.report_split))
+                print(f"[mgc] compare: {name} already trained with this config in {cfg.output}", flush=True)
+            rows.append(comparison_row(name, metrics, _params(cfg.arch, cfg, specs), compare.report_split))
         except Exception as err:  # noqa: BLE001 - one arch failing must not lose the others
             traceback.print_exc()
-            rows.append({**comparison_row(arch, {}, None, compare.report_split), "error": f"{type(err).__name__}: {err}"})
+            rows.append({**comparison_row(name, {}, None, compare.report_split), "error": f"{type(err).__name__}: {err}"})
     summary = _write_table(base, compare, rows)
     print(markdown_table(rows), flush=True)
     failed = [r["arch"] for r in rows if r["error"]]

@@ -22,16 +22,35 @@ def label_column(task: str) -> str:
     return f"{task}s"
 
 
+LIBROSA_DB = "librosa_db"
+"""Front end kind: librosa's ``power_to_db(melspectrogram(...))`` per window (mgc's default)."""
+EFFICIENTAT = "efficientat"
+"""Front end kind of EfficientAT's AudioSet models: pre-emphasis 0.97, a Kaldi mel bank,
+``log(x + 1e-5)`` then ``(x + 4.5) / 5`` (see :mod:`mgc.efficientat_frontend`)."""
+FRONTENDS: tuple[str, ...] = (LIBROSA_DB, EFFICIENTAT)
+"""Front end kinds this mgc can compute; a checkpoint asking for another is refused."""
+
+
+class FrontendError(ValueError):
+    """An audio config this mgc cannot compute (an unknown front end kind or setting)."""
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """How audio becomes model input. Saved with every checkpoint.
 
     Defaults follow DESIGN section 2: 22,050 Hz mono, n_fft 2048, hop 512, 128 mels,
-    log-power in dB, 3 s windows.
+    log-power in dB, 3 s windows. ``frontend`` names the algorithm that turns a window
+    into model input (one of :data:`FRONTENDS`); the other fields are its parameters. A
+    pretrained backbone brings its own (:data:`EFFICIENTAT_AUDIO`), and every consumer
+    builds exactly the checkpoint's, never a default.
     """
 
+    frontend: str = LIBROSA_DB
     sample_rate: int = 22050
     n_fft: int = 2048
+    # STFT window (Hann) length, centred inside n_fft; None: n_fft.
+    win_length: int | None = None
     hop_length: int = 512
     n_mels: int = 128
     fmin: float = 0.0
@@ -42,11 +61,20 @@ class AudioConfig:
     min_duration_s: float = 3.0
     # Cap on windows per track (evenly spaced over the track); None keeps all.
     max_windows: int | None = None
-    # Log scale: 10*log10(max(amin, power)), floored at (window max - top_db).
+    # librosa_db log scale: 10*log10(max(amin, power)), floored at (window max - top_db).
     amin: float = 1e-10
     top_db: float = 80.0
     # A track whose overall RMS is below this (dBFS) is refused as silent.
     silence_threshold_db: float = -60.0
+
+    def __post_init__(self) -> None:
+        if self.frontend not in FRONTENDS:
+            raise FrontendError(
+                f"audio front end {self.frontend!r} is not one this mgc can compute ({', '.join(FRONTENDS)}); "
+                "use the mgc version that trained the checkpoint"
+            )
+        if self.win_length is not None and not 0 < self.win_length <= self.n_fft:
+            raise FrontendError(f"win_length must be in 1..n_fft ({self.n_fft}), not {self.win_length}")
 
     @property
     def window_samples(self) -> int:
@@ -55,16 +83,72 @@ class AudioConfig:
 
     @property
     def frames_per_window(self) -> int:
-        """STFT frames per window (centered STFT, as librosa computes it)."""
-        return 1 + self.window_samples // self.hop_length
+        """STFT frames per window (centered STFT). EfficientAT's pre-emphasis filter is a
+        'valid' convolution: the signal is one sample shorter before its STFT."""
+        samples = self.window_samples - (1 if self.frontend == EFFICIENTAT else 0)
+        return 1 + samples // self.hop_length
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "AudioConfig":
+    def from_dict(cls, data: Mapping[str, Any], strict: bool = False) -> "AudioConfig":
+        """Rebuild from :meth:`to_dict`'s form.
+
+        ``strict`` (checkpoints) refuses settings this mgc does not know: ignoring one would
+        feed the model other features than it was trained on. A dict without ``frontend``
+        (written before front ends had names) is the librosa_db one.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if strict and unknown:
+            raise FrontendError(f"audio front end settings {unknown} are unknown to this mgc; "
+                                "use the mgc version that trained the checkpoint")
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+EFFICIENTAT_AUDIO = AudioConfig(
+    frontend=EFFICIENTAT, sample_rate=32000, n_fft=1024, win_length=800, hop_length=320, n_mels=128,
+    fmin=0.0, fmax=15000.0,
+)
+"""EfficientAT's front end (their ``AugmentMelSTFT`` in evaluation mode): 32 kHz, n_fft 1024,
+Hann window 800, hop 320, 128 Kaldi mel bands from 0 to sr/2 - 1000 Hz. Windows stay
+mgc's 3 s (``--window-s 10`` gives their training clip length; README compares both)."""
+
+FRONTEND_FIELDS: tuple[str, ...] = (
+    "frontend", "sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "fmin", "fmax",
+)
+"""The settings that make a front end; windowing and track checks are free to change."""
+
+ARCH_AUDIO: Mapping[str, AudioConfig] = {
+    arch: EFFICIENTAT_AUDIO for arch in ("mn04", "mn05", "mn10", "mn20", "mn30", "mn40")
+}
+"""Archs that bring their own front end (``mgc.efficientat.WIDTHS`` holds the same names)."""
+
+
+def audio_for_arch(audio: AudioConfig, arch: str, pretrained: bool) -> AudioConfig:
+    """``audio`` with ``arch``'s own front end filled in.
+
+    Every front end setting still at mgc's default takes the arch's value, so
+    ``--arch mn04`` alone gets EfficientAT's 32 kHz Kaldi front end while ``--window-s``
+    and the other windowing flags keep what was asked. A pretrained backbone must see
+    exactly its own front end: any other explicit setting is refused here, before a
+    single track is decoded.
+    """
+    preset = ARCH_AUDIO.get(arch)
+    if preset is None:
+        return audio
+    default = AudioConfig()
+    filled = dataclasses.replace(audio, **{
+        name: getattr(preset, name) for name in FRONTEND_FIELDS if getattr(audio, name) == getattr(default, name)
+    })
+    wrong = {name: getattr(filled, name) for name in FRONTEND_FIELDS if getattr(filled, name) != getattr(preset, name)}
+    if pretrained and wrong:
+        raise FrontendError(
+            f"pretrained {arch} needs its own front end ({', '.join(f'{k}={getattr(preset, k)!r}' for k in wrong)}), "
+            f"not {', '.join(f'{k}={v!r}' for k, v in wrong.items())}"
+        )
+    return filled
 
 
 @dataclass(frozen=True)
@@ -110,10 +194,21 @@ class TrainConfig:
     manifest: str = ""
     output: str = "runs/demo"
     arch: str = "resnet18"
-    # Transfer learning: "imagenet" (torchvision's weights API; cached under TORCH_HOME),
-    # or a local torchvision state_dict file; the RGB stem is folded to one channel.
+    # Transfer learning: "imagenet" (torchvision's weights API; cached under TORCH_HOME)
+    # or a local torchvision state_dict file, the RGB stem folded to one channel; for the
+    # EfficientAT archs (mn04 ... mn40) "audioset" (their GitHub release, cached under
+    # TORCH_HOME, SHA-256 checked) or the release file itself.
     pretrained: str | None = None
     weights_file: str | None = None
+    # Frozen-embedding probe: embed every track once with the pretrained backbone (cached,
+    # see embedding_cache) and train only the heads on the embeddings, in seconds.
+    probe: bool = False
+    # Passes over the training embeddings; the best by validation score is kept.
+    probe_epochs: int = 60
+    # Where probe embeddings are cached (local path or s3://); None: $XDG_CACHE_HOME/mgc
+    # (~/.cache/mgc) on the driver. Reused whenever the same backbone, weights and front
+    # end meet the same track again.
+    embedding_cache: str | None = None
     # Train only the heads (backbone learning rate 0) for the first N epochs.
     freeze_backbone_epochs: int = 0
     # Backbone learning rate = lr * backbone_lr_scale (heads use lr).
@@ -164,6 +259,10 @@ class TrainConfig:
         # worker after minutes of decoding.
         if self.layer_lr_decay <= 0:
             raise ValueError(f"--layer-lr-decay must be > 0, not {self.layer_lr_decay}")
+        pretrained = bool(self.pretrained or self.weights_file)
+        object.__setattr__(self, "audio", audio_for_arch(self.audio, self.arch, pretrained))
+        if self.probe and not pretrained:
+            raise ValueError("--probe trains only the heads on a frozen backbone: give --weights-file or --pretrained")
 
 
 @dataclass(frozen=True)
@@ -202,8 +301,14 @@ class SearchConfig:
 class CompareConfig:
     """Several archs trained on one manifest with one budget (`jobs/compare.py`)."""
 
-    # Archs to train, in table order; empty: every registered arch (``--arch`` choices).
+    # Archs to train (fine-tuned on Ray Train), in table order; empty: every registered
+    # CNN, plus the pretrained audio archs given weights below.
     archs: tuple[str, ...] = ()
+    # Archs also run as a frozen-embedding probe (``--probe``), in rows "<arch> probe".
+    probe_archs: tuple[str, ...] = ()
+    # Weights per arch, ARCH=PATH (repeatable), e.g. mn04=mn04_as_mAP_432.pt; an arch named
+    # here loads this file instead of --weights-file.
+    weights: Mapping[str, str] = field(default_factory=dict)
     # Add the feature baseline (``--arch features``) as the reference row.
     baseline: bool = True
     # Split whose metrics fill the table.

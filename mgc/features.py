@@ -17,6 +17,11 @@ window's own maximum (a loud window must not push a quiet one to the floor).
 Neither path calls librosa per window: that is the hot path of a throughput product, so
 both frame all windows at once, stay in float32 and apply the filterbank as one matmul.
 The numpy path uses scipy's float32 rFFT (numpy's is several times slower in float32).
+
+That is the ``librosa_db`` front end, mgc's default. A pretrained backbone brings its own
+(``AudioConfig.frontend``, e.g. EfficientAT's in :mod:`mgc.efficientat_frontend`):
+:func:`log_mel` and :func:`torch_frontend` are the one entry point every consumer uses,
+and they compute whatever front end the config names.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ import scipy.fft
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from mgc.config import AudioConfig
+from mgc.config import EFFICIENTAT, LIBROSA_DB, AudioConfig, FrontendError
+from mgc.efficientat_frontend import EfficientATLogMel, efficientat_block
 
-__all__ = ["mel_filterbank", "log_mel", "LogMel"]
+__all__ = ["mel_filterbank", "log_mel", "LogMel", "torch_frontend", "frames_for"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -82,10 +88,15 @@ def _floor_per_window(db: np.ndarray | torch.Tensor, top_db: float | None):
 _BLOCK_FRAMES = 2048
 
 
-def log_mel(windows: np.ndarray, cfg: AudioConfig) -> np.ndarray:
-    """Log-mel power in dB, ``[..., samples]`` -> ``[..., n_mels, frames]`` float32.
+def frames_for(n_samples: int, cfg: AudioConfig) -> int:
+    """STFT frames of a window of ``n_samples`` under ``cfg``'s front end."""
+    return 1 + (n_samples - (1 if cfg.frontend == EFFICIENTAT else 0)) // cfg.hop_length
 
-    Equal per window to librosa's ``power_to_db(melspectrogram(...))`` (see module
+
+def log_mel(windows: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """The model input of ``cfg``'s front end, ``[..., samples]`` -> ``[..., n_mels, frames]`` float32.
+
+    For ``librosa_db``: log-mel power in dB, equal per window to librosa's ``power_to_db(melspectrogram(...))`` (see module
     docstring) while framing whole blocks of windows in one strided view, one float32
     rFFT (scipy's pocketfft: vectorised over frames, several times numpy's speed in
     float32) and one matmul. Windows are processed in blocks of about ``_BLOCK_FRAMES``
@@ -96,16 +107,19 @@ def log_mel(windows: np.ndarray, cfg: AudioConfig) -> np.ndarray:
         raise ValueError("log_mel expects [..., samples], got a scalar")
     lead, n_samples = x.shape[:-1], x.shape[-1]
     flat = x.reshape(-1, n_samples)
-    n_frames = 1 + n_samples // cfg.hop_length
+    n_frames = frames_for(n_samples, cfg)
+    block = _BLOCKS[cfg.frontend]
     out = np.empty((flat.shape[0], cfg.n_mels, n_frames), dtype=np.float32)
     rows = max(1, _BLOCK_FRAMES // n_frames)
     for start in range(0, flat.shape[0], rows):
-        out[start : start + rows] = _log_mel_block(flat[start : start + rows], cfg)
+        out[start : start + rows] = block(flat[start : start + rows], cfg)
     return out.reshape(*lead, cfg.n_mels, n_frames)
 
 
 def _log_mel_block(x: np.ndarray, cfg: AudioConfig) -> np.ndarray:
     """:func:`log_mel` of ``[windows, samples]`` float32 -> ``[windows, n_mels, frames]``."""
+    if cfg.win_length not in (None, cfg.n_fft):
+        raise FrontendError("the librosa_db front end takes no win_length other than n_fft")
     n_windows, n_samples = x.shape
     pad = cfg.n_fft // 2
     padded = np.zeros((n_windows, n_samples + 2 * pad), dtype=np.float32)  # zero ("constant") padding
@@ -135,8 +149,17 @@ def _filterbank_t(cfg: AudioConfig) -> np.ndarray:
     return fb_t
 
 
+_BLOCKS = {LIBROSA_DB: _log_mel_block, EFFICIENTAT: efficientat_block}
+
+
+def torch_frontend(cfg: AudioConfig) -> torch.nn.Module:
+    """The torch module computing ``cfg``'s front end (what :func:`log_mel` computes in numpy)."""
+    return EfficientATLogMel(cfg) if cfg.frontend == EFFICIENTAT else LogMel(cfg)
+
+
 class LogMel(torch.nn.Module):
-    """Torch twin of :func:`log_mel`: ``[..., samples]`` -> ``[..., n_mels, frames]``.
+    """Torch twin of :func:`log_mel` for the ``librosa_db`` front end:
+    ``[..., samples]`` -> ``[..., n_mels, frames]`` (:func:`torch_frontend` picks by config).
 
     Runs wherever its input lives (move the module with ``.to(device)``). The Hann
     window and filterbank are non-persistent buffers: they follow ``.to()`` but are not
@@ -146,6 +169,8 @@ class LogMel(torch.nn.Module):
 
     def __init__(self, cfg: AudioConfig) -> None:
         super().__init__()
+        if cfg.frontend != LIBROSA_DB or cfg.win_length not in (None, cfg.n_fft):
+            raise FrontendError(f"LogMel computes the librosa_db front end, not {cfg.frontend!r}: use torch_frontend")
         self.n_fft = cfg.n_fft
         self.hop_length = cfg.hop_length
         self.n_mels = cfg.n_mels

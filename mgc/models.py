@@ -18,6 +18,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from mgc import efficientat
+
 IMAGENET = "imagenet"
 
 
@@ -28,6 +30,9 @@ class Backbone:
     module: nn.Module
     features: int
     min_side: int = 32
+    # A learned BatchNorm over the input mel channel: right for mgc's dB features, wrong
+    # for a backbone pretrained on its own normalised front end (it must see that input).
+    input_norm: bool = True
 
 
 def _first_conv(net: nn.Module) -> tuple[nn.Module, str, nn.Conv2d]:
@@ -116,6 +121,17 @@ def _compact_cnn(pretrained: str | None = None, weights_file: str | None = None)
     return Backbone(net, widths[-1], 16)
 
 
+def _efficientat(arch: str) -> Callable[..., Backbone]:
+    def build(pretrained: str | None = None, weights_file: str | None = None) -> Backbone:
+        net = efficientat.build_mobilenet(arch)
+        path = efficientat.resolve_weights(arch, pretrained, weights_file)
+        if path is not None:
+            efficientat.load_weights(net, path, arch)
+        return Backbone(net, _drop_classifier(net), 32, input_norm=False)
+
+    return build
+
+
 ARCHITECTURES: dict[str, Callable[..., Backbone]] = {
     "cnn": _compact_cnn,
     **{name: _torchvision(name) for name in (
@@ -125,6 +141,8 @@ ARCHITECTURES: dict[str, Callable[..., Backbone]] = {
     )},
     "alexnet": _torchvision("alexnet", min_side=64),
     "inception_v3": _torchvision("inception_v3", min_side=75, aux_logits=False, init_weights=True),
+    # EfficientAT's AudioSet-pretrained MobileNetV3s (their own front end: config.ARCH_AUDIO).
+    **{arch: _efficientat(arch) for arch in efficientat.WIDTHS},
 }
 
 
@@ -132,13 +150,14 @@ class TaggerModel(nn.Module):
     """Backbone + one linear head per task; returns a dict of logits by task.
 
     The input is normalised by a BatchNorm over the single mel channel, so log-mel dB
-    values (roughly -100..+40) need no hand-tuned scaling; inputs smaller than the
+    values (roughly -100..+40) need no hand-tuned scaling (not for a backbone pretrained on
+    its own normalised front end: it sees its input unchanged); inputs smaller than the
     backbone accepts are upsampled to its minimum side.
     """
 
     def __init__(self, backbone: Backbone, heads: Mapping[str, int], dropout: float = 0.2):
         super().__init__()
-        self.norm = nn.BatchNorm2d(1)
+        self.norm = nn.BatchNorm2d(1) if backbone.input_norm else nn.Identity()
         self.backbone = backbone.module
         self.min_side = backbone.min_side
         self.dropout = nn.Dropout(dropout)
@@ -199,7 +218,9 @@ def build_model(
     ``pretrained="imagenet"`` loads torchvision's ImageNet weights (from the torch hub cache
     under ``TORCH_HOME`` when present, else downloaded); ``weights_file`` loads a saved
     torchvision state_dict instead (safe loading: tensors only). Either way the RGB stem is
-    folded to one channel.
+    folded to one channel. The EfficientAT archs (``mn04`` ... ``mn40``) take
+    ``pretrained="audioset"`` or their release file as ``weights_file``
+    (:mod:`mgc.efficientat`).
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}")

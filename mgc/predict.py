@@ -30,7 +30,7 @@ def predict_windows(
     """Probabilities per window: ``{task: [windows, labels]}`` (+ ``embedding`` when asked).
 
     ``inputs`` are log-mels ``[windows, n_mels, frames]``, or raw audio windows
-    ``[windows, samples]`` when ``frontend`` (a :class:`mgc.features.LogMel`) is given:
+    ``[windows, samples]`` when ``frontend`` (:func:`mgc.features.torch_frontend`) is given:
     then the mels are computed on ``device``, next to the model.
     """
     model.eval()

@@ -19,6 +19,7 @@ from mgc.config import TaskSpec
 from mgc.evaluate import (
     aggregate_mean,
     aggregate_vote,
+    headline_score,
     plot_confusion_matrix,
     plot_history,
     plot_per_class,
@@ -87,6 +88,17 @@ def metrics_for(
     return results
 
 
+def validation_summary(results: Mapping[str, dict]) -> dict[str, float]:
+    """The per-epoch validation figures of a history entry: ``val_score`` (what picks the
+    best epoch) and ``val_<task>_<accuracy|roc_auc|f1_macro>``."""
+    summary = {"val_score": headline_score(results)}
+    for task, result in results.items():
+        for key in ("accuracy", "roc_auc", "f1_macro"):
+            if result.get(key) is not None:
+                summary[f"val_{task}_{key}"] = result[key]
+    return summary
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """Final metrics per split and task specs carrying thresholds tuned on validation.
@@ -100,26 +112,34 @@ class Evaluation:
     predictions: dict[str, dict[str, Predictions]] = field(default_factory=dict)
 
 
-def evaluate_splits(
-    loaded: LoadedCheckpoint, datasets: Mapping[str, ray.data.Dataset], top_k: int = 3, batch_size: int = 32
+def evaluate_predictions(
+    tasks: Mapping[str, TaskSpec], predictions: Mapping[str, Mapping[str, Predictions]], top_k: int = 3
 ) -> Evaluation:
-    """Evaluate a checkpoint on the validation and test splits.
+    """Metrics of track-level ``predictions`` (``{split: {task: Predictions}}``).
 
     Multilabel thresholds are tuned per tag on validation (when there is one) and then
     applied, unchanged, to test: test data never influences a decision threshold.
     """
+    tasks = dict(tasks)
+    for task, spec in tasks.items():
+        if spec.type == "multilabel" and task in predictions.get("validation", {}):
+            p = predictions["validation"][task]
+            tasks[task] = replace(spec, thresholds=tuple(float(t) for t in tune_thresholds(p.truth, p.probs)))
+    metrics = {split: metrics_for(preds, tasks, top_k) for split, preds in predictions.items()}
+    return Evaluation(tasks=tasks, metrics=metrics, predictions=dict(predictions))
+
+
+def evaluate_splits(
+    loaded: LoadedCheckpoint, datasets: Mapping[str, ray.data.Dataset], top_k: int = 3, batch_size: int = 32
+) -> Evaluation:
+    """Evaluate a checkpoint on the decoded validation and test splits (:func:`evaluate_predictions`)."""
     tasks = dict(loaded.meta.tasks)
     predictions = {
         split: collect_predictions(loaded.model, datasets[split].iter_batches(batch_size=batch_size, batch_format="numpy"), tasks)
         for split in ("validation", "test")
         if split in datasets and datasets[split].count() > 0
     }
-    for task, spec in tasks.items():
-        if spec.type == "multilabel" and task in predictions.get("validation", {}):
-            p = predictions["validation"][task]
-            tasks[task] = replace(spec, thresholds=tuple(float(t) for t in tune_thresholds(p.truth, p.probs)))
-    metrics = {split: metrics_for(preds, tasks, top_k) for split, preds in predictions.items()}
-    return Evaluation(tasks=tasks, metrics=metrics, predictions=predictions)
+    return evaluate_predictions(tasks, predictions, top_k)
 
 
 def write_plots(evaluation: Evaluation, history: list[dict], directory: str | Path) -> list[Path]:

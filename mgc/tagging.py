@@ -38,7 +38,7 @@ from mgc import storage
 from mgc.checkpoint import CheckpointMeta, load_checkpoint, model_id, read_meta
 from mgc.config import DataConfig, TagConfig
 from mgc.data import ERROR, MEL, WINDOWS, DecodeMel, track_dataset
-from mgc.features import LogMel, log_mel
+from mgc.features import log_mel, torch_frontend
 from mgc.manifest import read_manifest
 from mgc.models import TaggerModel
 from mgc.predict import EMBEDDING, predict_tracks
@@ -121,7 +121,7 @@ class Tagger:
         self.loaded = [load_checkpoint(uri, self.device) for uri in checkpoints]
         self.models: list[torch.nn.Module] = [c.model for c in self.loaded]
         self.schema = PredictionSchema(combined_tasks([c.meta.tasks for c in self.loaded]), embeddings)
-        self.frontend = _Float32(LogMel(self.loaded[0].meta.audio).to(self.device))
+        self.frontend = _Float32(torch_frontend(self.loaded[0].meta.audio).to(self.device))
         self.partition = partition
         self.top_k = top_k
         self.batch_size = batch_size

@@ -25,19 +25,17 @@ from ray.train.torch import TorchTrainer
 from mgc import storage
 from mgc.baseline import ARCH as FEATURES_ARCH
 from mgc.baseline import BASELINE_FILE, BaselineError, fit_feature_baseline
-from mgc.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from mgc.checkpoint import CheckpointMeta, load_checkpoint
 from mgc.config import TrainConfig, train_config_from_dict
 from mgc.data import failed_tracks, good_tracks, split_of, track_dataset
 from mgc.manifest import SPLITS, read_manifest
 from mgc.models import ARCHITECTURES
-from mgc.report import write_report
-from mgc.scoring import evaluate_splits, write_plots
+from mgc.rundir import CHECKPOINT_DIR, config_json, run_metrics, write_run_dir
+from mgc.scoring import Evaluation, evaluate_splits
 from mgc.splits import apply_fold, assign_splits
 from mgc.targets import encode_targets, mask_column, resolve_tasks, target_column
 from mgc.train_loop import HISTORY_FILE, train_loop_per_worker
 
-CHECKPOINT_DIR = "checkpoint"
-METRICS_FILE = "metrics.json"
 RUN_FILE = "run.json"  # the run's config and Ray Train run name, for --resume
 
 
@@ -117,18 +115,9 @@ def _run_feature_baseline(cfg: TrainConfig, table: pd.DataFrame, specs: dict, st
         result = fit_feature_baseline(cfg, table, specs)
     except BaselineError as err:
         raise TrainingError(str(err)) from err
-    metrics = {
-        **result.metrics_json(),
-        "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
-        "seconds": round(time.time() - started, 1),
-    }
-    with tempfile.TemporaryDirectory(prefix="mgc-baseline-") as tmp:
-        stage = Path(tmp)
-        (stage / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
-        plots = write_plots(result.evaluation, [], stage)
-        write_report(stage, metrics, plots, f"mgc feature baseline on {cfg.manifest}")
-        result.save(str(stage))
-        storage.upload_dir(stage, cfg.output)
+    metrics = {**result.metrics_json(), "config": config_json(cfg), "seconds": round(time.time() - started, 1)}
+    write_run_dir(cfg.output, metrics, result.evaluation, [], f"mgc feature baseline on {cfg.manifest}",
+                  extra=lambda stage: result.save(str(stage)))
     return TrainResult(output=cfg.output, checkpoint=storage.join(cfg.output, BASELINE_FILE), metrics=metrics)
 
 
@@ -203,6 +192,17 @@ def make_trainer(cfg: TrainConfig, decoded: DecodedSplits, name: str, callbacks:
     )
 
 
+def final_meta(meta: CheckpointMeta, evaluated: Evaluation) -> CheckpointMeta:
+    """The shipped checkpoint's metadata: tuned thresholds and the validation/test metrics."""
+    return CheckpointMeta(
+        arch=meta.arch,
+        audio=meta.audio,
+        tasks=evaluated.tasks,
+        metrics={split: evaluated.metrics.get(split, {}) for split in ("validation", "test")},
+        name=meta.name,
+    )
+
+
 def absolute_output(cfg: TrainConfig) -> TrainConfig:
     """Workers run elsewhere: give them an absolute output path."""
     if storage.is_local(cfg.output):
@@ -223,6 +223,11 @@ def run_training(cfg: TrainConfig, run_name: str | None = None, decoded: Decoded
     if cfg.arch == FEATURES_ARCH:
         table, specs = prepare_table(cfg)
         return _run_feature_baseline(cfg, table, specs, started)
+    if cfg.probe:
+        from mgc.probe import run_probe  # the probe builds on this module's helpers
+
+        table, specs = prepare_table(cfg)
+        return run_probe(cfg, table, specs, started)
     decoded = decoded or decode_splits(cfg)
     datasets, counts, skipped = decoded.datasets, decoded.counts, decoded.skipped
     name = run_name or f"mgc-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -235,32 +240,12 @@ def run_training(cfg: TrainConfig, run_name: str | None = None, decoded: Decoded
         raise TrainingError("training reported no checkpoint")
 
     with tempfile.TemporaryDirectory(prefix="mgc-train-") as tmp:
-        local = Path(best.to_directory(str(Path(tmp) / "best")))
-        loaded = load_checkpoint(local)
+        loaded = load_checkpoint(Path(best.to_directory(str(Path(tmp) / "best"))))
         history = json.loads(storage.read_bytes(storage.join(cfg.output, HISTORY_FILE)))
         evaluated = evaluate_splits(loaded, datasets, top_k=cfg.top_k)
-        final_meta = CheckpointMeta(
-            arch=loaded.meta.arch,
-            audio=loaded.meta.audio,
-            tasks=evaluated.tasks,
-            metrics={split: evaluated.metrics.get(split, {}) for split in ("validation", "test")},
-            name=loaded.meta.name,
-        )
-        stage = Path(tmp) / "out"
-        save_checkpoint(stage / CHECKPOINT_DIR, loaded.model, final_meta)
-        metrics = {
-            **evaluated.metrics,
-            "skipped": skipped[["track_id", "error"]].to_dict("records"),
-            "history": history,
-            "counts": {**counts, "skipped": len(skipped)},
-            "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
-            "best_epoch": loaded.meta.metrics.get("epoch"),
-            "seconds": round(time.time() - started, 1),
-        }
-        (stage / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
-        plots = write_plots(evaluated, history, stage)
-        write_report(stage, metrics, plots, f"mgc training run: {cfg.arch} on {cfg.manifest}")
-        storage.upload_dir(stage, cfg.output)
+        metrics = run_metrics(cfg, evaluated, skipped, counts, history, loaded.meta.metrics.get("epoch"), started)
+        write_run_dir(cfg.output, metrics, evaluated, history, f"mgc training run: {cfg.arch} on {cfg.manifest}",
+                      loaded.model, final_meta(loaded.meta, evaluated))
     checkpoint_uri = storage.join(cfg.output, CHECKPOINT_DIR)
     print(f"[mgc] checkpoint: {checkpoint_uri}", flush=True)
     return TrainResult(output=cfg.output, checkpoint=checkpoint_uri, metrics=metrics)

@@ -26,9 +26,8 @@ from mgc import storage
 from mgc.checkpoint import MODEL_FILE, CheckpointMeta, save_checkpoint
 from mgc.augment import augment_batch
 from mgc.config import AudioConfig, AugmentConfig, TaskSpec
-from mgc.evaluate import headline_score
 from mgc.models import TaggerModel, build_model
-from mgc.scoring import collect_predictions, metrics_for
+from mgc.scoring import collect_predictions, metrics_for, validation_summary
 from mgc.targets import mask_column, target_column, targets_matrix
 
 HISTORY_FILE = "history.json"
@@ -232,11 +231,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 model.eval()
                 batches = val_shard.iter_batches(batch_size=32, batch_format="numpy")
                 results = metrics_for(collect_predictions(model, batches, tasks, device), tasks, config["top_k"])
-                metrics["val_score"] = headline_score(results)
-                for task, result in results.items():
-                    for key in ("accuracy", "roc_auc", "f1_macro"):
-                        if result.get(key) is not None:
-                            metrics[f"val_{task}_{key}"] = result[key]
+                metrics.update(validation_summary(results))
             else:
                 metrics["val_score"] = -metrics["train_loss"]
             history.append(dict(metrics))

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import SHARED
 from mgc.compare import ComparisonError, archs_to_compare, markdown_table, run_comparison, steady_samples_per_s
 from mgc.config import CompareConfig, DataConfig, TrainConfig
 from mgc.models import build_model, count_parameters
@@ -78,11 +79,19 @@ def test_comparison_trains_each_arch_on_the_same_tracks_resumes_and_survives_a_f
     weights = tmp_path / "resnet18.pt"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     base = TrainConfig(manifest=str(small_demo), output=str(tmp_path / "cmp"), epochs=2, batch_size=8,
-                       weights_file=str(weights), max_failures=0, data=DataConfig(decode_concurrency=2))
+                       weights_file=str(weights), max_failures=0, data=DataConfig(decode_concurrency=2),
+                       embedding_cache=str(tmp_path / "embeddings"))
 
-    summary = run_comparison(base, CompareConfig(archs=("resnet18",)))
+    efficientat = SHARED / "models" / "efficientat" / "mn04_as_mAP_432.pt"
+    summary = run_comparison(base, CompareConfig(archs=("resnet18",), probe_archs=("mn04",),
+                                                 weights={"mn04": str(efficientat)}))
     rows = {r["arch"]: r for r in summary["rows"]}
-    assert list(rows) == ["resnet18", "features"]
+    assert list(rows) == ["resnet18", "mn04 probe", "features"]
+    probe = rows.pop("mn04 probe")  # the pretrained row: its own front end and weights, the same test tracks
+    assert probe["error"] is None and probe["genre_accuracy"] is not None and probe["train_samples_per_s"] is None
+    probe_run = json.loads((tmp_path / "cmp" / "mn04-probe" / "metrics.json").read_text())
+    assert probe_run["config"]["audio"]["frontend"] == "efficientat" and probe_run["test"]["genre"]["n_tracks"] == 4
+    assert probe_run["config"]["weights_file"] == str(efficientat)
     resnet, features = rows["resnet18"], rows["features"]
     assert resnet["params"] == count_parameters(build_model("resnet18", {"genre": 2, "mood": 2}))
     assert features["params"] == 89 and features["train_samples_per_s"] is None
