@@ -37,7 +37,7 @@ import torch
 from mgc import storage
 from mgc.config import AudioConfig, DataConfig
 from mgc.data import ERROR, MEL, WINDOWS, DecodeMel, track_dataset
-from mgc.efficientat import WeightsError, sha256_of
+from mgc.efficientat import WeightsError, resolve_weights, sha256_of
 from mgc.features import torch_frontend
 from mgc.models import ARCHITECTURES, TaggerModel
 
@@ -49,6 +49,8 @@ CACHE_FORMAT = 1
 BACKBONE_FILE = "backbone.json"
 # Windows per forward pass on CPU (as mgc.tagging.CPU_MAX_BATCH: activations stay in cache).
 CPU_BATCH = 16
+# Tracks per cache file: a few MB each (mn04, ten 3 s windows a track).
+WRITE_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,10 @@ class Embedder:
     """
 
     def __init__(self, arch: str, weights_file: str, weights_sha256: str, audio: dict[str, Any],
-                 decode: bool = True, use_gpu: bool = False, torch_threads: int = 1, batch_size: int = 64):
+                 decode: bool = True, use_gpu: bool = False, torch_threads: int = 1, batch_size: int = 64,
+                 pretrained: str | None = None):
+        if pretrained and not Path(weights_file).exists():  # another node: its own hub cache
+            weights_file = str(resolve_weights(arch, pretrained, None))
         # The cache key names these exact weights: a node holding another file at that
         # path must not fill the cache with other embeddings.
         if sha256_of(weights_file) != weights_sha256:
@@ -152,7 +157,7 @@ def _object_rows(values: list[np.ndarray]) -> np.ndarray:
 
 
 def embed_dataset(table: pd.DataFrame, spec: BackboneSpec, weights_file: str, data: DataConfig,
-                  use_gpu: bool = False) -> ray.data.Dataset:
+                  use_gpu: bool = False, pretrained: str | None = None) -> ray.data.Dataset:
     """The Ray Data stage: ``table`` (``track_id``, ``uri``) -> one embedding row per track.
 
     On CPUs one kind of actor decodes and embeds its own tracks (one per CPU, one torch
@@ -160,7 +165,7 @@ def embed_dataset(table: pd.DataFrame, spec: BackboneSpec, weights_file: str, da
     windows and one GPU actor per GPU computes the front end and the embeddings.
     """
     kwargs = {"arch": spec.arch, "weights_file": weights_file, "weights_sha256": spec.weights_sha256,
-              "audio": spec.audio.to_dict()}
+              "audio": spec.audio.to_dict(), "pretrained": pretrained}
     if use_gpu:
         decoded = track_dataset(table[["track_id", "uri"]], spec.audio, data, WINDOWS)
         gpus = max(1, int(ray.cluster_resources().get("GPU", 1)))
@@ -266,26 +271,31 @@ class EmbedResult:
 
 
 def embed_tracks(table: pd.DataFrame, spec: BackboneSpec, weights_file: str, cache_root: str,
-                 data: DataConfig = DataConfig(), use_gpu: bool = False) -> EmbedResult:
+                 data: DataConfig = DataConfig(), use_gpu: bool = False, pretrained: str | None = None,
+                 ) -> EmbedResult:
     """Embeddings of every track of ``table``: cache hits read back, the rest embedded on
-    Ray (Ray initialised by the caller) and added to the cache."""
+    Ray (Ray initialised by the caller) and added to the cache. ``weights_file`` is the
+    driver's copy; with ``pretrained`` an actor on a node without it fetches its own."""
     cache = EmbeddingCache(cache_root, spec)
     hits = cache.read(table)
     todo = table[~table["track_id"].astype(str).isin(set(hits.track_ids))]
     log.info("embeddings %s: %d of %d tracks cached in %s, embedding %d", spec.key(), len(hits.track_ids),
              len(table), cache.uri, len(todo))
-    computed = pd.DataFrame(columns=["track_id", "uri", ERROR, EMBEDDING, "n_windows", "dim", "duration_s"])
+    new = TrackEmbeddings([], [], [])
+    failures: list[pd.DataFrame] = []
     if not todo.empty:
-        computed = embed_dataset(todo, spec, weights_file, data, use_gpu).to_pandas()
-        cache.write(computed)
-    is_error = _errors(computed)
-    failed, fine = computed[is_error], computed[~is_error]
-    new = TrackEmbeddings(
-        fine["track_id"].astype(str).tolist(),
-        [np.asarray(e, np.float32).reshape(n, d) for e, n, d in zip(fine[EMBEDDING], fine["n_windows"], fine["dim"])],
-        fine["duration_s"].astype(float).tolist(),
-    )
+        # Written to the cache as they come: a run stopped half-way keeps what it embedded.
+        stage = embed_dataset(todo, spec, weights_file, data, use_gpu, pretrained)
+        for batch in stage.iter_batches(batch_size=WRITE_ROWS, batch_format="pandas"):
+            cache.write(batch)
+            is_error = _errors(batch)
+            failures.append(batch.loc[is_error, ["track_id", "uri", ERROR]])
+            fine = batch[~is_error]
+            new.track_ids.extend(fine["track_id"].astype(str))
+            new.windows.extend(np.asarray(e, np.float32).reshape(n, d)
+                               for e, n, d in zip(fine[EMBEDDING], fine["n_windows"], fine["dim"]))
+            new.duration_s.extend(fine["duration_s"].astype(float))
     merged = TrackEmbeddings(hits.track_ids + new.track_ids, hits.windows + new.windows,
                              hits.duration_s + new.duration_s)
-    skipped = failed[["track_id", "uri", ERROR]].reset_index(drop=True)
-    return EmbedResult(merged, skipped, computed=len(fine), cached=len(hits.track_ids))
+    skipped = pd.concat(failures, ignore_index=True) if failures else pd.DataFrame(columns=["track_id", "uri", ERROR])
+    return EmbedResult(merged, skipped, computed=len(new.track_ids), cached=len(hits.track_ids))

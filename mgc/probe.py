@@ -35,10 +35,9 @@ from mgc.efficientat import resolve_weights, sha256_of
 from mgc.embeddings import BackboneSpec, default_cache, embed_tracks
 from mgc.manifest import SPLITS
 from mgc.models import build_model
-from mgc.rundir import CHECKPOINT_DIR, run_metrics, write_run_dir
+from mgc.rundir import CHECKPOINT_DIR, TrainingError, TrainResult, final_meta, run_metrics, write_run_dir
 from mgc.scoring import collect_predictions, evaluate_predictions, metrics_for, validation_summary
 from mgc.targets import mask_column, target_column
-from mgc.train import TrainingError, TrainResult, final_meta
 from mgc.train_loop import masked_loss
 
 log = logging.getLogger("mgc")
@@ -168,7 +167,7 @@ def run_probe(cfg: TrainConfig, table: pd.DataFrame, specs: dict[str, TaskSpec],
     spec = BackboneSpec(cfg.arch, sha256_of(weights), cfg.audio)
     cache = cfg.embedding_cache or default_cache()
     embed_started = time.time()
-    embedded = embed_tracks(table, spec, weights, cache, cfg.data, cfg.use_gpu)
+    embedded = embed_tracks(table, spec, weights, cache, cfg.data, cfg.use_gpu, cfg.pretrained)
     embed_seconds = time.time() - embed_started
     by_id = embedded.embeddings.by_id()
     splits = {split: _split(table, by_id, split, specs) for split in SPLITS}

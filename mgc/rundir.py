@@ -13,6 +13,7 @@ import dataclasses
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +28,35 @@ from mgc.scoring import Evaluation, write_plots
 
 CHECKPOINT_DIR = "checkpoint"
 METRICS_FILE = "metrics.json"
+
+
+class TrainingError(RuntimeError):
+    """The run cannot train at all (e.g. no decodable training tracks)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the artifacts went and the final metrics.
+
+    ``checkpoint`` is the checkpoint directory of a CNN or probe run, or the
+    ``baseline.json`` of an ``--arch features`` run (the baseline is for comparison: it
+    writes no weights).
+    """
+
+    output: str
+    checkpoint: str
+    metrics: dict[str, Any]
+
+
+def final_meta(meta: CheckpointMeta, evaluated: Evaluation) -> CheckpointMeta:
+    """The shipped checkpoint's metadata: tuned thresholds and the validation/test metrics."""
+    return CheckpointMeta(
+        arch=meta.arch,
+        audio=meta.audio,
+        tasks=evaluated.tasks,
+        metrics={split: evaluated.metrics.get(split, {}) for split in ("validation", "test")},
+        name=meta.name,
+    )
 
 
 def config_json(cfg: TrainConfig) -> dict[str, Any]:

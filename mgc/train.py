@@ -25,35 +25,20 @@ from ray.train.torch import TorchTrainer
 from mgc import storage
 from mgc.baseline import ARCH as FEATURES_ARCH
 from mgc.baseline import BASELINE_FILE, BaselineError, fit_feature_baseline
-from mgc.checkpoint import CheckpointMeta, load_checkpoint
+from mgc.checkpoint import load_checkpoint
 from mgc.config import TrainConfig, train_config_from_dict
 from mgc.data import failed_tracks, good_tracks, split_of, track_dataset
 from mgc.manifest import SPLITS, read_manifest
 from mgc.models import ARCHITECTURES
-from mgc.rundir import CHECKPOINT_DIR, config_json, run_metrics, write_run_dir
-from mgc.scoring import Evaluation, evaluate_splits
+from mgc.probe import run_probe
+from mgc.rundir import (CHECKPOINT_DIR, TrainingError, TrainResult, config_json, final_meta, run_metrics,
+                        write_run_dir)
+from mgc.scoring import evaluate_splits
 from mgc.splits import apply_fold, assign_splits
 from mgc.targets import encode_targets, mask_column, resolve_tasks, target_column
 from mgc.train_loop import HISTORY_FILE, train_loop_per_worker
 
 RUN_FILE = "run.json"  # the run's config and Ray Train run name, for --resume
-
-
-class TrainingError(RuntimeError):
-    """The run cannot train at all (e.g. no decodable training tracks)."""
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """Where the artifacts went and the final metrics.
-
-    ``checkpoint`` is the checkpoint directory of a CNN run, or the ``baseline.json`` of
-    an ``--arch features`` run (the baseline is for comparison: it writes no weights).
-    """
-
-    output: str
-    checkpoint: str
-    metrics: dict[str, Any]
 
 
 def _cpus_per_worker(cfg: TrainConfig) -> float:
@@ -192,17 +177,6 @@ def make_trainer(cfg: TrainConfig, decoded: DecodedSplits, name: str, callbacks:
     )
 
 
-def final_meta(meta: CheckpointMeta, evaluated: Evaluation) -> CheckpointMeta:
-    """The shipped checkpoint's metadata: tuned thresholds and the validation/test metrics."""
-    return CheckpointMeta(
-        arch=meta.arch,
-        audio=meta.audio,
-        tasks=evaluated.tasks,
-        metrics={split: evaluated.metrics.get(split, {}) for split in ("validation", "test")},
-        name=meta.name,
-    )
-
-
 def absolute_output(cfg: TrainConfig) -> TrainConfig:
     """Workers run elsewhere: give them an absolute output path."""
     if storage.is_local(cfg.output):
@@ -224,8 +198,6 @@ def run_training(cfg: TrainConfig, run_name: str | None = None, decoded: Decoded
         table, specs = prepare_table(cfg)
         return _run_feature_baseline(cfg, table, specs, started)
     if cfg.probe:
-        from mgc.probe import run_probe  # the probe builds on this module's helpers
-
         table, specs = prepare_table(cfg)
         return run_probe(cfg, table, specs, started)
     decoded = decoded or decode_splits(cfg)
