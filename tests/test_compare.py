@@ -14,6 +14,7 @@ import torch
 import torchvision
 
 from conftest import SHARED
+from mgc.checkpoint import read_meta
 from mgc.compare import ComparisonError, archs_to_compare, markdown_table, run_comparison, steady_samples_per_s
 from mgc.config import CompareConfig, DataConfig, TrainConfig
 from mgc.models import build_model, count_parameters
@@ -80,18 +81,25 @@ def test_comparison_trains_each_arch_on_the_same_tracks_resumes_and_survives_a_f
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     base = TrainConfig(manifest=str(small_demo), output=str(tmp_path / "cmp"), epochs=2, batch_size=8,
                        weights_file=str(weights), max_failures=0, data=DataConfig(decode_concurrency=2),
+                       freeze_backbone_epochs=1, layer_lr_decay=0.5,
                        embedding_cache=str(tmp_path / "embeddings"))
 
     efficientat = SHARED / "models" / "efficientat" / "mn04_as_mAP_432.pt"
-    summary = run_comparison(base, CompareConfig(archs=("resnet18",), probe_archs=("mn04",),
+    summary = run_comparison(base, CompareConfig(archs=("resnet18", "mn04"), probe_archs=("mn04",),
                                                  weights={"mn04": str(efficientat)}))
     rows = {r["arch"]: r for r in summary["rows"]}
-    assert list(rows) == ["resnet18", "mn04 probe", "features"]
-    probe = rows.pop("mn04 probe")  # the pretrained row: its own front end and weights, the same test tracks
-    assert probe["error"] is None and probe["genre_accuracy"] is not None and probe["train_samples_per_s"] is None
-    probe_run = json.loads((tmp_path / "cmp" / "mn04-probe" / "metrics.json").read_text())
-    assert probe_run["config"]["audio"]["frontend"] == "efficientat" and probe_run["test"]["genre"]["n_tracks"] == 4
-    assert probe_run["config"]["weights_file"] == str(efficientat)
+    assert list(rows) == ["resnet18", "mn04", "mn04 probe", "features"]
+    # The pretrained rows: their own front end and weights, fine-tuned on Ray Train (the
+    # backbone frozen for epoch 1, per-layer rates after) and probed, on the same test tracks.
+    for name, folder in (("mn04", "mn04"), ("mn04 probe", "mn04-probe")):
+        row = rows.pop(name)
+        assert row["error"] is None and row["genre_accuracy"] is not None, row
+        run = json.loads((tmp_path / "cmp" / folder / "metrics.json").read_text())
+        assert run["config"]["audio"]["frontend"] == "efficientat" and run["test"]["genre"]["n_tracks"] == 4
+        assert run["config"]["weights_file"] == str(efficientat)
+        assert read_meta(tmp_path / "cmp" / folder / "checkpoint").audio.sample_rate == 32000
+    tuned = json.loads((tmp_path / "cmp" / "mn04" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in tuned] == [1, 2] and all(h["train_loss"] > 0 for h in tuned)
     resnet, features = rows["resnet18"], rows["features"]
     assert resnet["params"] == count_parameters(build_model("resnet18", {"genre": 2, "mood": 2}))
     assert features["params"] == 89 and features["train_samples_per_s"] is None
