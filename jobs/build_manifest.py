@@ -36,7 +36,7 @@ from mgc.datasets import (  # noqa: E402
 )
 from mgc.datasets import fma, folder, jamendo  # noqa: E402
 from mgc.config import TASKS  # noqa: E402
-from mgc.splits import DEFAULT_FRACTIONS  # noqa: E402
+from mgc.datasets.splits import DEFAULT_FRACTIONS  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout (or
 
 from mgc.cli import dataclass_from_args, init_ray, tag_parser  # noqa: E402
 from mgc.config import TagConfig  # noqa: E402
-from mgc.tagging import run_tagging  # noqa: E402
+from mgc.tagging.job import run_tagging  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout (or
 
 from mgc.cli import add_dataclass_arguments, config_parser, dataclass_from_args, init_ray  # noqa: E402
 from mgc.config import SearchConfig, TrainConfig  # noqa: E402
-from mgc.tune import run_search  # noqa: E402
+from mgc.training.tune import run_search  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

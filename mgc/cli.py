@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any, Sequence
 
-from mgc import storage
+from mgc.io import storage
 from mgc.config import AudioConfig, AugmentConfig, CompareConfig, DataConfig, TagConfig, TrainConfig
 
 NESTED = {"audio": AudioConfig, "data": DataConfig, "augment": AugmentConfig}
@@ -114,7 +114,7 @@ def train_config_from_args(args: argparse.Namespace, output: str = TrainConfig.o
 
     Why here: every job that trains (train, compare) must behave the same with no flags.
     """
-    from mgc.demo import make_demo_set
+    from mgc.datasets.demo import make_demo_set
 
     base = TrainConfig() if args.manifest else DEMO_PRESET
     cfg: TrainConfig = dataclass_from_args(TrainConfig, args, base=dataclasses.replace(base, output=output))
@@ -200,7 +200,7 @@ def predict_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``mgc`` console script: ``mgc predict FILE... --checkpoint DIR [--plot out.png]``."""
-    from mgc.predict_files import format_table, plot_predictions, predict_files
+    from mgc.tagging.files import format_table, plot_predictions, predict_files
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "predict":

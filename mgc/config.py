@@ -26,7 +26,7 @@ LIBROSA_DB = "librosa_db"
 """Front end kind: librosa's ``power_to_db(melspectrogram(...))`` per window (mgc's default)."""
 EFFICIENTAT = "efficientat"
 """Front end kind of EfficientAT's AudioSet models: pre-emphasis 0.97, a Kaldi mel bank,
-``log(x + 1e-5)`` then ``(x + 4.5) / 5`` (see :mod:`mgc.efficientat_frontend`)."""
+``log(x + 1e-5)`` then ``(x + 4.5) / 5`` (see :mod:`mgc.audio.efficientat_frontend`)."""
 FRONTENDS: tuple[str, ...] = (LIBROSA_DB, EFFICIENTAT)
 """Front end kinds this mgc can compute; a checkpoint asking for another is refused."""
 
@@ -123,7 +123,7 @@ FRONTEND_FIELDS: tuple[str, ...] = (
 ARCH_AUDIO: Mapping[str, AudioConfig] = {
     arch: EFFICIENTAT_AUDIO for arch in ("mn04", "mn05", "mn10", "mn20", "mn30", "mn40")
 }
-"""Archs that bring their own front end (``mgc.efficientat.WIDTHS`` holds the same names)."""
+"""Archs that bring their own front end (``mgc.models.efficientat.WIDTHS`` holds the same names)."""
 
 
 def audio_for_arch(audio: AudioConfig, arch: str, pretrained: bool) -> AudioConfig:

@@ -128,7 +128,7 @@ BAD_TRACK_REASONS = {
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory) -> Path:
     """A 16-track demo set (2 genres x 2 moods, 4 s clips); returns its manifest path."""
-    from mgc.demo import DemoConfig, make_demo_set
+    from mgc.datasets.demo import DemoConfig, make_demo_set
 
     return make_demo_set(tmp_path_factory.mktemp("demo"), DemoConfig(**SMALL_DEMO))
 

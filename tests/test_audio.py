@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mgc import audio
-from mgc.audio import (
+from mgc.audio import decode as audio
+from mgc.audio.decode import (
     CORRUPT,
     EMPTY,
     FETCH_FAILED,

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import BAD_TRACK_REASONS, add_bad_tracks, copy_tree
-from mgc.baseline import (
+from mgc.training.baseline import (
     BASELINE_FILE,
     BaselineResult,
     TaskModel,
@@ -19,9 +19,9 @@ from mgc.baseline import (
     track_features,
 )
 from mgc.config import AudioConfig, DataConfig, TaskSpec, TrainConfig
-from mgc.evaluate import task_metrics, tune_thresholds
-from mgc.scoring import Predictions, metrics_for, write_plots
-from mgc.train import prepare_table
+from mgc.evaluation.metrics import task_metrics, tune_thresholds
+from mgc.evaluation.scoring import Predictions, metrics_for, write_plots
+from mgc.training.driver import prepare_table
 
 MULTICLASS_KEYS = {"accuracy", "top_k_accuracy", "f1_macro", "roc_auc", "pr_auc", "confusion_matrix"}
 
@@ -127,7 +127,7 @@ def test_demo_baseline_metrics_and_skipped_tracks(demo_run, tmp_path):
 
 @pytest.mark.slow
 def test_feature_baseline_and_cnn_share_one_evaluation(demo_run):
-    """The numbers are mgc.scoring.metrics_for's on the baseline's track-level predictions."""
+    """The numbers are mgc.evaluation.scoring.metrics_for's on the baseline's track-level predictions."""
     cfg, result = demo_run
     for split, per_task in result.predictions.items():
         assert all(isinstance(p, Predictions) for p in per_task.values())
@@ -168,7 +168,7 @@ def test_gtzan_mini_baseline_well_above_chance(ray_local, gtzan_mini_manifest):
 @pytest.mark.slow
 def test_arch_features_runs_through_the_training_job_and_writes_the_same_artifacts(ray_local, small_demo, tmp_path):
     from mgc.config import DataConfig, TrainConfig
-    from mgc.train import run_training
+    from mgc.training.driver import run_training
 
     output = tmp_path / "run"
     result = run_training(TrainConfig(manifest=str(small_demo), output=str(output), arch="features",

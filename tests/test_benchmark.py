@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from conftest import GTZAN_MINI, REPO
-from mgc.benchmark import _steady_rate
+from benchmarks.benchmark import _steady_rate
 from mgc.config import AudioConfig, TagConfig
-from mgc.features import LogMel, log_mel
-from mgc.models import build_model
-from mgc.predict import predict_tracks
-from mgc.tagging import CPU_MAX_BATCH, _Float32, _rows_per_call, optimized_for_cpu
+from mgc.audio.logmel import LogMel, log_mel
+from mgc.models.zoo import build_model
+from mgc.models.inference import predict_tracks
+from mgc.tagging.job import CPU_MAX_BATCH, _Float32, _rows_per_call, optimized_for_cpu
 
 RATIOS = ("decode_mel_speedup_vs_librosa", "ray_decode_scaling_efficiency", "tagging_speedup_vs_loop")
 

@@ -14,10 +14,10 @@ import torch
 import torchvision
 
 from conftest import SHARED
-from mgc.checkpoint import read_meta
-from mgc.compare import ComparisonError, archs_to_compare, markdown_table, run_comparison, steady_samples_per_s
+from mgc.models.checkpoint import read_meta
+from mgc.training.compare import ComparisonError, archs_to_compare, markdown_table, run_comparison, steady_samples_per_s
 from mgc.config import CompareConfig, DataConfig, TrainConfig
-from mgc.models import build_model, count_parameters
+from mgc.models.zoo import build_model, count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def test_an_unknown_report_split_is_refused_before_any_work(tmp_path):
 
 
 def test_only_a_run_of_exactly_this_config_is_reused(tmp_path):
-    from mgc.compare import _config_json, _previous_metrics
+    from mgc.training.compare import _config_json, _previous_metrics
 
     cfg = TrainConfig(manifest="m.csv", output=str(tmp_path), arch="cnn")
     assert _previous_metrics(cfg) is None

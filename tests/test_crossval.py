@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mgc.crossval import run_cross_validation, summarise
+from mgc.training.crossval import run_cross_validation, summarise
 from mgc.config import DataConfig, TrainConfig
 
 

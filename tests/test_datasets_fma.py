@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mgc import storage
+from mgc.io import storage
 from mgc.datasets.fma import FmaConfig, audio_path, build_fma
-from mgc.manifest import read_manifest
+from mgc.io.manifest import read_manifest
 from test_datasets_helpers import run_job, touch
 
 # genres.csv as FMA ships it: genre_id, #tracks, parent, title, top_level.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mgc import storage
+from mgc.io import storage
 from mgc.datasets import FinishConfig, finish, summary
 from mgc.datasets.folder import FolderConfig, build_folder
-from mgc.manifest import read_manifest
+from mgc.io.manifest import read_manifest
 from test_datasets_helpers import run_job, touch
 
 

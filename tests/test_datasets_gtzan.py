@@ -17,7 +17,7 @@ from mgc.datasets.gtzan import (
     build_gtzan,
     read_split_files,
 )
-from mgc.manifest import read_manifest
+from mgc.io.manifest import read_manifest
 from test_datasets_helpers import run_job, touch
 
 GTZAN_SPLITS = SHARED / "data" / "gtzan-splits"

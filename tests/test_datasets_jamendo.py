@@ -10,8 +10,8 @@ import pytest
 
 from conftest import SHARED
 from mgc.datasets.jamendo import JamendoConfig, build_jamendo, read_tsv, split_folder, split_tag
-from mgc.manifest import read_manifest
-from mgc.splits import assign_folds, assign_splits
+from mgc.io.manifest import read_manifest
+from mgc.datasets.splits import assign_folds, assign_splits
 from test_datasets_helpers import run_job
 
 JAMENDO = SHARED / "data" / "mtg-jamendo"

@@ -1,4 +1,4 @@
-"""Tests for the embedded demo data set (mgc.demo)."""
+"""Tests for the embedded demo data set (mgc.datasets.demo)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mgc import demo
-from mgc.demo import MANIFEST_COLUMNS, PEAK_CEILING_DB, DemoConfig, make_demo_set
+from mgc.datasets import demo
+from mgc.datasets.demo import MANIFEST_COLUMNS, PEAK_CEILING_DB, DemoConfig, make_demo_set
 
 SMALL = DemoConfig(tracks_per_pair=2, duration_s=4.0)
 

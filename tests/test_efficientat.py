@@ -29,15 +29,15 @@ import pytest
 import torch
 
 from conftest import SHARED
-from mgc import efficientat
-from mgc.audio import load_track
-from mgc.checkpoint import CheckpointError, CheckpointMeta, read_meta, save_checkpoint
+from mgc.models import efficientat
+from mgc.audio.decode import load_track
+from mgc.models.checkpoint import CheckpointError, CheckpointMeta, read_meta, save_checkpoint
 from mgc.config import ARCH_AUDIO, EFFICIENTAT_AUDIO, AudioConfig, FrontendError, TagConfig, TaskSpec, TrainConfig
-from mgc.efficientat import MUSIC_CLASS, WeightsError, audioset_tagger, build_mobilenet, load_weights
-from mgc.efficientat_frontend import EfficientATLogMel, kaldi_mel_banks
-from mgc.features import log_mel, torch_frontend
-from mgc.models import ARCHITECTURES, build_model
-from mgc.tagging import run_tagging
+from mgc.models.efficientat import MUSIC_CLASS, WeightsError, audioset_tagger, build_mobilenet, load_weights
+from mgc.audio.efficientat_frontend import EfficientATLogMel, kaldi_mel_banks
+from mgc.audio.logmel import log_mel, torch_frontend
+from mgc.models.zoo import ARCHITECTURES, build_model
+from mgc.tagging.job import run_tagging
 
 WEIGHTS = SHARED / "models" / "efficientat" / "mn04_as_mAP_432.pt"
 REFERENCE = Path(__file__).parent / "data" / "efficientat_mn04_reference.npz"

@@ -12,16 +12,16 @@ import pytest
 import s3fs
 
 from conftest import REPO
-from mgc import storage
-from mgc.audio import load_track
-from mgc.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
+from mgc.io import storage
+from mgc.audio.decode import load_track
+from mgc.models.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
 from mgc.config import AudioConfig, TaskSpec
-from mgc.evaluate import task_metrics
-from mgc.evaluation import EvaluationError, default_output, evaluate_checkpoint
-from mgc.features import log_mel
-from mgc.manifest import read_manifest
-from mgc.models import build_model
-from mgc.predict import predict_tracks
+from mgc.evaluation.metrics import task_metrics
+from mgc.evaluation.job import EvaluationError, default_output, evaluate_checkpoint
+from mgc.audio.logmel import log_mel
+from mgc.io.manifest import read_manifest
+from mgc.models.zoo import build_model
+from mgc.models.inference import predict_tracks
 
 sys.path.insert(0, str(REPO / "jobs"))
 import evaluate as evaluate_job  # noqa: E402  (jobs/evaluate.py)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mgc.config import DataConfig, TrainConfig
-from mgc.train import resume_training, run_training
+from mgc.training.driver import resume_training, run_training
 
 pytestmark = pytest.mark.slow
 

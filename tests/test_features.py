@@ -25,7 +25,7 @@ import soundfile as sf
 import torch
 
 from mgc.config import AudioConfig
-from mgc.features import LogMel, log_mel, mel_filterbank
+from mgc.audio.logmel import LogMel, log_mel, mel_filterbank
 
 TOL_DB = 1e-3
 TORCH_TOL_DB = 5e-3

@@ -1,4 +1,4 @@
-"""Tests for mgc.manifest: formats, normalisation, refusal with row numbers, S3."""
+"""Tests for mgc.io.manifest: formats, normalisation, refusal with row numbers, S3."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mgc import manifest as mf
-from mgc.manifest import (
+from mgc.io import manifest as mf
+from mgc.io.manifest import (
     ManifestError,
     infer_task_type,
     label_vocabulary,
@@ -342,7 +342,7 @@ def test_s3_round_trip_and_relative_uris(s3_prefix: str, name: str) -> None:
 
 
 def test_s3_bad_manifest_refused(s3_prefix: str) -> None:
-    from mgc import storage
+    from mgc.io import storage
 
     uri = f"{s3_prefix}/bad.tsv"
     storage.write_bytes(uri, b"track_id\turi\nx\t/1\nx\t\n")

@@ -29,7 +29,7 @@ import pytest
 import soundfile as sf
 
 from conftest import REPO
-from mgc.audio import cut_windows, decode, fetch, load_track
+from mgc.audio.decode import cut_windows, decode, fetch, load_track
 from mgc.config import AudioConfig
 
 MAX_GROWTH_MB = 64
@@ -40,7 +40,7 @@ MEASURE = textwrap.dedent(
     """
     import json, re, sys
     import numpy as np
-    from mgc.audio import load_track
+    from mgc.audio.decode import load_track
     from mgc.config import AudioConfig
 
     def status_kb(field):
@@ -151,7 +151,7 @@ def test_short_track_and_errors_keep_their_meaning_with_max_windows(tmp_path):
     assert load_track(str(short), AudioConfig(max_windows=2)).windows.shape == (2, CFG.window_samples)
 
     def reason(path: Path, cfg: AudioConfig = CFG) -> str:
-        from mgc.audio import AudioError
+        from mgc.audio.decode import AudioError
 
         with pytest.raises(AudioError) as info:
             load_track(str(path), cfg)

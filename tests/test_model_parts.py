@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from mgc.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, model_id, save_checkpoint
+from mgc.models.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, model_id, save_checkpoint
 from mgc.cli import dataclass_from_args, train_parser
 from mgc.config import AudioConfig, TaskSpec, TrainConfig
-from mgc.evaluate import task_metrics, tune_thresholds
-from mgc.manifest import validate_manifest
-from mgc.models import ARCHITECTURES, build_model
-from mgc.predict import predict_tracks
-from mgc.splits import assign_splits
-from mgc.targets import encode_targets, resolve_tasks
+from mgc.evaluation.metrics import task_metrics, tune_thresholds
+from mgc.io.manifest import validate_manifest
+from mgc.models.zoo import ARCHITECTURES, build_model
+from mgc.models.inference import predict_tracks
+from mgc.datasets.splits import assign_splits
+from mgc.labels import encode_targets, resolve_tasks
 
 AUDIO = AudioConfig()
 TASKS = {"genre": TaskSpec("multiclass", ("jazz", "rock", "pop")), "mood": TaskSpec("multilabel", ("happy", "sad"))}
@@ -57,7 +57,7 @@ def test_pretrained_weights_from_a_local_file_fold_the_rgb_stem(arch, tmp_path):
 
 
 def test_mean_and_vote_aggregation_differ_where_they_should():
-    from mgc.evaluate import aggregate_mean, aggregate_vote
+    from mgc.evaluation.metrics import aggregate_mean, aggregate_vote
 
     windows = [np.array([[0.95, 0.05], [0.45, 0.55], [0.45, 0.55]])]  # one confident window, two lukewarm
     assert aggregate_mean(windows).argmax() == 0
@@ -67,7 +67,7 @@ def test_mean_and_vote_aggregation_differ_where_they_should():
 
 
 def test_augmentations_change_what_they_should():
-    from mgc.augment import mixup, random_gain, spec_augment
+    from mgc.audio.augment import mixup, random_gain, spec_augment
     from mgc.config import AugmentConfig
 
     generator = torch.Generator().manual_seed(0)
@@ -87,7 +87,7 @@ def test_augmentations_change_what_they_should():
 
 
 def test_frozen_backbone_gets_no_learning_rate_for_its_epochs():
-    from mgc.train_loop import lr_factors
+    from mgc.training.worker import lr_factors
 
     backbone, heads = lr_factors(epochs=4, freeze_backbone_epochs=2)
     assert [backbone(e) for e in range(4)] == [0.0, 0.0, heads(2), heads(3)]
@@ -96,7 +96,7 @@ def test_frozen_backbone_gets_no_learning_rate_for_its_epochs():
 
 @pytest.mark.parametrize("arch", ["resnet18", "vgg11_bn", "efficientnet_b0", "densenet121", "cnn"])
 def test_per_layer_learning_rates_ramp_from_the_stem_to_the_top_and_cover_every_parameter(arch):
-    from mgc.train_loop import optimizer_groups
+    from mgc.training.worker import optimizer_groups
 
     model = build_model(arch, {"genre": 3, "mood": 2})
     groups = optimizer_groups(model, lr=1e-3, backbone_lr_scale=0.5, layer_lr_decay=0.1)
@@ -115,7 +115,7 @@ def test_per_layer_learning_rates_ramp_from_the_stem_to_the_top_and_cover_every_
 
 
 def test_precise_batchnorm_makes_eval_mode_match_what_was_trained():
-    from mgc.train_loop import recalibrate_batchnorm
+    from mgc.training.worker import recalibrate_batchnorm
 
     torch.manual_seed(0)
     model = build_model("mobilenet_v3_small", {"genre": 4})  # BatchNorm momentum 0.01, as torchvision builds it

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from mgc.checkpoint import CheckpointMeta, save_checkpoint
+from mgc.models.checkpoint import CheckpointMeta, save_checkpoint
 from mgc.cli import main
 from mgc.config import AudioConfig, TaskSpec
-from mgc.models import build_model
+from mgc.models.zoo import build_model
 
 
 def test_predict_prints_top_tags_per_file_and_draws_a_plot(small_demo, tmp_path, capsys):

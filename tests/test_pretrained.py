@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from conftest import BAD_TRACK_REASONS, SHARED, add_bad_tracks, copy_tree
-from mgc.checkpoint import load_checkpoint, read_meta
+from mgc.models.checkpoint import load_checkpoint, read_meta
 from mgc.config import TagConfig, TrainConfig
-from mgc.embeddings import BackboneSpec, EmbeddingCache
-from mgc.efficientat import sha256_of
-from mgc.models import probabilities
-from mgc.tagging import run_tagging
-from mgc.train import run_training
+from mgc.stages.embed import BackboneSpec, EmbeddingCache
+from mgc.models.efficientat import sha256_of
+from mgc.models.zoo import probabilities
+from mgc.tagging.job import run_tagging
+from mgc.training.driver import run_training
 
 pytestmark = pytest.mark.slow
 
@@ -84,9 +84,9 @@ def test_probe_trains_reuses_cached_embeddings_and_tags(ray_local, demo_with_bad
 def test_gpu_path_embedder_on_raw_windows_equals_the_decoding_one(small_demo, weights):
     """The GPU path's actor (raw windows in, front end on its device) computes what the CPU
     path's (decode + numpy front end) does; run here on the CPU."""
-    from mgc.audio import load_track
+    from mgc.audio.decode import load_track
     from mgc.config import ARCH_AUDIO
-    from mgc.embeddings import Embedder
+    from mgc.stages.embed import Embedder
 
     audio = ARCH_AUDIO["mn04"]
     manifest = pd.read_csv(small_demo).head(3)
@@ -104,7 +104,7 @@ def test_gpu_path_embedder_on_raw_windows_equals_the_decoding_one(small_demo, we
     assert list(out_a["n_windows"]) == list(out_b["n_windows"]) and set(out_a["dim"]) == {512}
     for a, b in zip(out_a["embedding"], out_b["embedding"]):
         assert np.abs(a - b).max() < 1e-3
-    from mgc.efficientat import WeightsError
+    from mgc.models.efficientat import WeightsError
 
     with pytest.raises(WeightsError, match="not the weights the run started with"):
         Embedder("mn04", weights, "0" * 64, audio.to_dict())

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from mgc.config import TaskSpec
-from mgc.evaluate import per_label_metrics, plot_per_class, plot_roc_pr, task_metrics
-from mgc.report import REPORT_FILE, metric_splits, write_report
-from mgc.scoring import Evaluation, Predictions, metrics_for, write_plots
+from mgc.evaluation.metrics import per_label_metrics, plot_per_class, plot_roc_pr, task_metrics
+from mgc.evaluation.report import REPORT_FILE, metric_splits, write_report
+from mgc.evaluation.scoring import Evaluation, Predictions, metrics_for, write_plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 GENRES = ("ambient", "folk", "techno")
@@ -93,7 +93,7 @@ def test_roc_pr_with_no_drawable_label_and_many_labels_still_draws(tmp_path):
 
 
 def training_run(tmp_path):
-    """metrics.json of a training run (shape of mgc.train.run_training) and its plots."""
+    """metrics.json of a training run (shape of mgc.training.driver.run_training) and its plots."""
     tasks = {"genre": TaskSpec("multiclass", GENRES), "mood": TaskSpec("multilabel", MOODS, (0.5, 0.3, 0.5))}
     preds = {"genre": predictions(*multiclass_case()), "mood": predictions(*multilabel_case())}
     per_split = {split: metrics_for(preds, tasks, top_k=4) for split in ("validation", "test")}

@@ -23,7 +23,7 @@ import pytest
 import s3fs
 
 from conftest import REPO, S3_ENV
-from mgc.manifest import ALLOW_HTTP_ENV, ManifestError, read_manifest, uri_schemes, validate_manifest, write_manifest
+from mgc.io.manifest import ALLOW_HTTP_ENV, ManifestError, read_manifest, uri_schemes, validate_manifest, write_manifest
 
 # ------------------------------------------------------------------ uri scheme allowlist
 

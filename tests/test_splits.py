@@ -1,4 +1,4 @@
-"""Tests for mgc.splits: grouped, stratified, deterministic splits and folds."""
+"""Tests for mgc.datasets.splits: grouped, stratified, deterministic splits and folds."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mgc.manifest import read_manifest, write_manifest
-from mgc.splits import apply_fold, assign_folds, assign_splits, split_counts
+from mgc.io.manifest import read_manifest, write_manifest
+from mgc.datasets.splits import apply_fold, assign_folds, assign_splits, split_counts
 
 GENRE_SHARES = {"rock": 0.4, "jazz": 0.3, "pop": 0.2, "metal": 0.1}
 

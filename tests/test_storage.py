@@ -23,8 +23,8 @@ import pytest
 import s3fs
 
 from conftest import REPO, S3_ENV, copy_tree
-from mgc import storage
-from mgc.storage import RetryPolicy, StorageError
+from mgc.io import storage
+from mgc.io.storage import RetryPolicy, StorageError
 
 FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05, deadline_s=2.0)
 
@@ -320,9 +320,9 @@ def make_checkpoint(directory: Path) -> str:
     """A real (untrained) genre + mood checkpoint: tagging mechanics need no good model."""
     import torch
 
-    from mgc.checkpoint import CheckpointMeta, save_checkpoint
+    from mgc.models.checkpoint import CheckpointMeta, save_checkpoint
     from mgc.config import AudioConfig, TaskSpec
-    from mgc.models import build_model
+    from mgc.models.zoo import build_model
 
     tasks = {"genre": TaskSpec("multiclass", ("ambient", "techno")), "mood": TaskSpec("multiclass", ("happy", "sad"))}
     torch.manual_seed(0)
@@ -341,7 +341,7 @@ def tag_until_the_store_dies(dead_store, s3_endpoint, small_demo, tmp_path, outp
 
     import pandas as pd
 
-    from mgc.manifest import write_manifest
+    from mgc.io.manifest import write_manifest
 
     endpoint, bucket, stop = dead_store
     demo = copy_tree(small_demo.parent, tmp_path / "demo")

@@ -17,11 +17,11 @@ import pytest
 import s3fs
 
 from conftest import BAD_TRACK_REASONS, REPO, add_bad_tracks, copy_tree
-from mgc.checkpoint import CheckpointMeta, save_checkpoint
+from mgc.models.checkpoint import CheckpointMeta, save_checkpoint
 from mgc.config import AudioConfig, DataConfig, TagConfig, TaskSpec
-from mgc.manifest import read_manifest, write_manifest
-from mgc.models import build_model
-from mgc.tagging import run_tagging
+from mgc.io.manifest import read_manifest, write_manifest
+from mgc.models.zoo import build_model
+from mgc.tagging.job import run_tagging
 
 pytestmark = pytest.mark.slow
 

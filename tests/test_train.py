@@ -10,13 +10,13 @@ import pytest
 import s3fs
 
 from conftest import BAD_TRACK_REASONS, add_bad_tracks, copy_tree
-from mgc import storage
-from mgc.audio import load_track
-from mgc.checkpoint import load_checkpoint
+from mgc.io import storage
+from mgc.audio.decode import load_track
+from mgc.models.checkpoint import load_checkpoint
 from mgc.config import AugmentConfig, DataConfig, TrainConfig
-from mgc.features import log_mel
-from mgc.predict import predict_tracks
-from mgc.train import run_training
+from mgc.audio.logmel import log_mel
+from mgc.models.inference import predict_tracks
+from mgc.training.driver import run_training
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mgc.config import DataConfig, SearchConfig, TrainConfig
-from mgc.tune import run_search
+from mgc.training.tune import run_search
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from mgc import splits, storage
-from mgc.manifest import (
+from mgc.datasets import splits
+from mgc.io import storage
+from mgc.io.manifest import (
     CONTRACT_COLUMNS,
     LABEL_COLUMNS,
     is_list_column,
@@ -94,7 +95,7 @@ def audio_prefix(root: str) -> str:
     """What every track uri under ``root`` starts with: ``root`` plus one ``/``.
 
     Local folders are made absolute: a relative uri in a manifest is resolved against
-    the manifest's own folder when read (:func:`mgc.manifest.read_manifest`), not
+    the manifest's own folder when read (:func:`mgc.io.manifest.read_manifest`), not
     against where the builder ran. URLs (``s3://...``) are kept. Builders then write
     ``prefix + relative_path``, which costs nothing per track on 100k-track datasets.
     """
@@ -166,7 +167,7 @@ def finish(build: DatasetBuild, config: FinishConfig = FinishConfig()) -> Datase
 
 
 save = write_manifest
-"""Write a built manifest (:func:`mgc.manifest.write_manifest`; CSV/TSV join every list column with ``|``)."""
+"""Write a built manifest (:func:`mgc.io.manifest.write_manifest`; CSV/TSV join every list column with ``|``)."""
 
 
 def summary(build: DatasetBuild, name: str = "") -> str:

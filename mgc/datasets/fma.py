@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from mgc import storage
+from mgc.io import storage
 from mgc.datasets.common import DatasetBuild, audio_prefix, make_manifest
 
 SUBSETS: tuple[str, ...] = ("small", "medium", "large", "full")

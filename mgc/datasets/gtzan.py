@@ -15,7 +15,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from mgc import storage
+from mgc.io import storage
 from mgc.datasets.common import DatasetBuild, audio_prefix, list_files, make_manifest
 
 SPLIT_FILES: dict[str, str] = {

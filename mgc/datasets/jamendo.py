@@ -18,7 +18,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from mgc import storage
+from mgc.io import storage
 from mgc.datasets.common import DatasetBuild, audio_prefix, make_manifest
 
 SUBSETS: dict[str, tuple[str, ...]] = {

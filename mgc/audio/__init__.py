@@ -1,0 +1,1 @@
+"""From bytes to model input: decoding, windowing, the audio front ends, augmentation."""

@@ -1,0 +1,1 @@
+"""Metrics, scoring, plots, reports and the evaluate job."""

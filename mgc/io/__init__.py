@@ -1,0 +1,1 @@
+"""Storage, manifests and the uri policy: every byte mgc reads or writes goes through here."""

@@ -1,0 +1,1 @@
+"""Networks, pretrained weights, checkpoints and window scoring."""

@@ -1,0 +1,165 @@
+"""The checkpoint directory: ``model.pt`` (a plain state_dict) + ``mgc.json``.
+
+Why this shape: a checkpoint must never run code when loaded (``weights_only=True``), and
+everything needed to use it - architecture, audio front end, label vocabularies, task
+types, decision thresholds - travels in ``mgc.json`` beside the weights, so tagging always
+uses the exact front end the model was trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from mgc import __version__
+from mgc.io import storage
+from mgc.config import AudioConfig, FrontendError, TaskSpec
+from mgc.models.zoo import TaggerModel, build_model
+
+MODEL_FILE = "model.pt"
+META_FILE = "mgc.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or unsafe to load."""
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """Everything in ``mgc.json``."""
+
+    arch: str
+    audio: AudioConfig
+    tasks: Mapping[str, TaskSpec]
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    name: str = "mgc"
+    mgc_version: str = __version__
+
+    def heads(self) -> dict[str, int]:
+        return {task: len(spec.labels) for task, spec in self.tasks.items()}
+
+    def to_json(self) -> str:
+        data = {
+            "mgc_version": self.mgc_version,
+            "name": self.name,
+            "arch": self.arch,
+            "audio": self.audio.to_dict(),
+            "tasks": {t: dataclasses.asdict(s) for t, s in self.tasks.items()},
+            "metrics": dict(self.metrics),
+        }
+        return json.dumps(data, indent=2, sort_keys=True, default=_json_default)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CheckpointMeta":
+        """Parse ``mgc.json``. Its audio front end is read strictly: a checkpoint whose front
+        end this mgc cannot compute exactly is refused (:class:`CheckpointError`) rather than
+        fed features it was not trained on."""
+        data = json.loads(text)
+        try:
+            audio = AudioConfig.from_dict(data["audio"], strict=True)
+        except FrontendError as err:
+            raise CheckpointError(f"cannot use this checkpoint: {err}") from err
+        tasks = {
+            t: TaskSpec(
+                type=s["type"],
+                labels=tuple(s["labels"]),
+                thresholds=None if s.get("thresholds") is None else tuple(s["thresholds"]),
+            )
+            for t, s in data["tasks"].items()
+        }
+        return cls(
+            arch=data["arch"],
+            audio=audio,
+            tasks=tasks,
+            metrics=data.get("metrics", {}),
+            name=data.get("name", "mgc"),
+            mgc_version=data.get("mgc_version", "unknown"),
+        )
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def save_checkpoint(directory: str | Path, model: torch.nn.Module, meta: CheckpointMeta) -> Path:
+    """Write ``model.pt`` and ``mgc.json`` into a local ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    torch.save(state, directory / MODEL_FILE)
+    (directory / META_FILE).write_text(meta.to_json())
+    return directory
+
+
+def write_meta(directory: str | Path, meta: CheckpointMeta) -> None:
+    """Replace ``mgc.json`` of a local checkpoint (e.g. after tuning thresholds)."""
+    (Path(directory) / META_FILE).write_text(meta.to_json())
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module inside DDP/compile wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def read_meta(directory: str | Path) -> CheckpointMeta:
+    path = Path(directory) / META_FILE
+    if not path.exists():
+        raise CheckpointError(f"{directory} is not an mgc checkpoint: {META_FILE} is missing")
+    try:
+        return CheckpointMeta.from_json(path.read_text())
+    except CheckpointError as err:
+        raise CheckpointError(f"{directory}: {err}") from err
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A ready model plus its metadata and stable id."""
+
+    model: TaggerModel
+    meta: CheckpointMeta
+    model_id: str
+    directory: Path
+
+
+def model_id(directory: str | Path, meta: CheckpointMeta | None = None) -> str:
+    """``<name>-<first 10 hex of sha256(model.pt)>``: same weights, same id."""
+    directory = Path(directory)
+    meta = meta or read_meta(directory)
+    digest = hashlib.sha256((directory / MODEL_FILE).read_bytes()).hexdigest()[:10]
+    return f"{meta.name}-{digest}"
+
+
+def load_checkpoint(uri: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Load a checkpoint directory (local or remote) into an eval-mode model.
+
+    The state dict is read with ``weights_only=True``: a file carrying pickled code is
+    refused with :class:`CheckpointError` instead of being executed.
+    """
+    uri = str(uri)
+    local = Path(storage.download_dir(uri, tempfile.mkdtemp(prefix="mgc-ckpt-")))
+    if not (local / MODEL_FILE).exists():
+        raise CheckpointError(f"{uri} is not an mgc checkpoint: {MODEL_FILE} is missing")
+    meta = read_meta(local)
+    try:
+        state = torch.load(local / MODEL_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refusing to load {uri}/{MODEL_FILE}: it is not a plain state_dict of tensors "
+            f"({err.__class__.__name__}: {str(err).splitlines()[0]})"
+        ) from err
+    model = build_model(meta.arch, meta.heads())
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return LoadedCheckpoint(model=model, meta=meta, model_id=model_id(local, meta), directory=local)

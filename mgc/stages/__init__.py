@@ -1,0 +1,1 @@
+"""Ray Data stages: decoding tracks and embedding them, on CPU or GPU actors."""

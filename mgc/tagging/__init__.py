@@ -1,0 +1,1 @@
+"""Catalog tagging: the job, its actors and the predictions schema."""
