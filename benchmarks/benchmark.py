@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
+from mgc.io.jsonio import dumps
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_GTZAN = REPO.parent / "shared" / "data" / "gtzan-mini"
@@ -895,21 +896,15 @@ def main(argv: list[str] | None = None) -> int:
     result["table_markdown"] = text
     print(text, flush=True)
     if cfg.output:
-        Path(cfg.output).write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+        Path(cfg.output).write_text(dumps(result, indent=2) + "\n")
         log(f"wrote {cfg.output}")
     return 0
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
 def _phase_main(argv: list[str]) -> int:
     name, spec_path, out_path = argv
     result = PHASES[name](json.loads(Path(spec_path).read_text()))
-    Path(out_path).write_text(json.dumps(result, default=_json_default))
+    Path(out_path).write_text(dumps(result))
     return 0
 
 

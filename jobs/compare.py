@@ -17,11 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout (or job working dir) first
 
 from mgc.cli import compare_parser, dataclass_from_args, init_ray, train_config_from_args  # noqa: E402
+from mgc.log import configure_logging  # noqa: E402
 from mgc.training.compare import ComparisonError, run_comparison  # noqa: E402
 from mgc.config import CompareConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     parser = compare_parser()
     args = parser.parse_args(argv)
     if args.arch is not None:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout (or
 from mgc.cli import config_parser, dataclass_from_args, init_ray  # noqa: E402
 from mgc.config import EvaluateConfig  # noqa: E402
 from mgc.evaluation.job import ALL, run_evaluation  # noqa: E402
-from mgc.io.manifest import SPLITS  # noqa: E402
+from mgc.config import SPLITS  # noqa: E402
 
 SPLIT_CHOICES = (*SPLITS, ALL)
 

@@ -15,11 +15,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout (or job working dir) first
 
 from mgc.cli import init_ray, train_config_from_args, train_parser  # noqa: E402
+from mgc.log import configure_logging  # noqa: E402
 from mgc.training.crossval import run_cross_validation  # noqa: E402
 from mgc.training.driver import TrainResult, resume_training, run_training  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     args = train_parser().parse_args(argv)
     if args.resume:
         init_ray()

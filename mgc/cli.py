@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
-import logging
 import sys
 import dataclasses
 import types
@@ -17,7 +16,11 @@ import typing
 from typing import Any, Sequence
 
 from mgc.io import storage
+from mgc.log import configure_logging
 from mgc.config import AudioConfig, AugmentConfig, CompareConfig, DataConfig, TagConfig, TrainConfig
+from mgc.log import get_logger
+
+log = get_logger()
 
 NESTED = {"audio": AudioConfig, "data": DataConfig, "augment": AugmentConfig}
 
@@ -121,7 +124,7 @@ def train_config_from_args(args: argparse.Namespace, output: str = TrainConfig.o
     if cfg.manifest:
         return cfg
     demo_dir = args.demo_dir or storage.join(cfg.output, "data")
-    print(f"[mgc] no --manifest: training on the demo set in {demo_dir}", flush=True)
+    log.info(f"no --manifest: training on the demo set in {demo_dir}")
     return dataclasses.replace(cfg, manifest=str(make_demo_set(demo_dir)))
 
 
@@ -160,19 +163,6 @@ def tag_parser() -> argparse.ArgumentParser:
         "Tag a catalog: genre and mood predictions per track, written as Parquet partitioned "
         "by model_id. Incremental: tracks already tagged by the same model set are skipped.",
     )
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """Show the ``mgc`` logger's messages on stdout as ``[mgc] ...`` (jobs call this; the
-    library only logs). Idempotent."""
-    logger = logging.getLogger("mgc")
-    if not any(getattr(h, "_mgc", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("[mgc] %(message)s"))
-        handler._mgc = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(level)
 
 
 def init_ray() -> None:

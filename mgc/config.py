@@ -16,6 +16,9 @@ TASKS: tuple[str, ...] = ("genre", "mood")
 
 TASK_TYPES: tuple[str, ...] = ("multiclass", "multilabel")
 
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+"""The ``split`` values of a manifest (after normalisation), in the order runs report them."""
+
 
 def label_column(task: str) -> str:
     """Manifest column holding the labels of ``task`` (``genre`` -> ``genres``)."""
@@ -39,7 +42,7 @@ class FrontendError(ValueError):
 class AudioConfig:
     """How audio becomes model input. Saved with every checkpoint.
 
-    Defaults follow DESIGN section 2: 22,050 Hz mono, n_fft 2048, hop 512, 128 mels,
+    Defaults follow docs/architecture.md, "Data contracts": 22,050 Hz mono, n_fft 2048, hop 512, 128 mels,
     log-power in dB, 3 s windows. ``frontend`` names the algorithm that turns a window
     into model input (one of :data:`FRONTENDS`); the other fields are its parameters. A
     pretrained backbone brings its own (:data:`EFFICIENTAT_AUDIO`), and every consumer
@@ -351,6 +354,17 @@ class TaskSpec:
     def decision_thresholds(self) -> tuple[float, ...]:
         """Thresholds to use; 0.5 per tag until tuned on validation data."""
         return self.thresholds if self.thresholds is not None else (0.5,) * len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (``mgc.json``, the Ray Train worker's config, ``baseline.json``)."""
+        return {"type": self.type, "labels": list(self.labels),
+                "thresholds": None if self.thresholds is None else [float(t) for t in self.thresholds]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TaskSpec":
+        thresholds = data.get("thresholds")
+        return cls(type=data["type"], labels=tuple(data["labels"]),
+                   thresholds=None if thresholds is None else tuple(float(t) for t in thresholds))
 
 
 def train_config_from_dict(data: Mapping[str, Any]) -> TrainConfig:

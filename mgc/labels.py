@@ -1,18 +1,48 @@
-"""From manifest labels to training targets: task specs, multi-hot targets, splits.
+"""From manifest labels to training targets: task types, vocabularies, multi-hot targets.
 
 Why: the model sees fixed-width targets and a mask (a track may lack one task's labels:
-its loss for that task is masked, not guessed), while users write labels as strings.
+its loss for that task is masked, not guessed), while users write labels as strings; a
+task's type and label order are fixed here once and travel in every checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from mgc.config import TASK_TYPES, TASKS, TaskSpec, label_column
-from mgc.io.manifest import infer_task_type, label_vocabulary
+from mgc.io.validate import parse_labels
+
+
+def infer_task_type(labels: Iterable[Sequence[str]]) -> str:
+    """``multiclass`` when every labeled track has exactly one label, else ``multilabel``.
+
+    Unlabeled tracks (empty list or missing) do not count either way (docs/architecture.md, "Data contracts").
+    Cells are normalised like :func:`parse_labels`, so a raw ``|``-joined column works.
+    Raises ValueError when no track is labeled: there is nothing to train.
+    """
+    labeled = False
+    for value in labels:
+        count = len(parse_labels(value))
+        if count == 0:
+            continue
+        labeled = True
+        if count > 1:
+            return "multilabel"
+    if not labeled:
+        raise ValueError("no track has a label; cannot infer a task type")
+    return "multiclass"
+
+
+def label_vocabulary(labels: Iterable[Sequence[str]]) -> list[str]:
+    """Sorted distinct labels over all tracks; the order fixes a model's output indices."""
+    vocabulary: set[str] = set()
+    for value in labels:
+        vocabulary.update(parse_labels(value))
+    return sorted(vocabulary)
+
 
 def target_column(task: str) -> str:
     return f"target_{task}"

@@ -11,22 +11,8 @@ import pytest
 import soundfile as sf
 
 from mgc.audio import decode as audio
-from mgc.audio.decode import (
-    CORRUPT,
-    EMPTY,
-    FETCH_FAILED,
-    MISSING,
-    NOT_AUDIO,
-    REASONS,
-    SILENT,
-    TOO_SHORT,
-    AudioError,
-    DecodedTrack,
-    cut_windows,
-    decode,
-    fetch,
-    load_track,
-)
+from mgc.audio.decode import CORRUPT, EMPTY, FETCH_FAILED, MISSING, NOT_AUDIO, REASONS, SILENT, TOO_SHORT, AudioError, DecodedTrack, cut_windows, decode, fetch
+from mgc.audio.track import load_track
 from mgc.config import AudioConfig
 
 GTZAN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gtzan-mini"

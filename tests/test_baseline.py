@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import BAD_TRACK_REASONS, add_bad_tracks, copy_tree
@@ -20,7 +19,8 @@ from mgc.training.baseline import (
 )
 from mgc.config import AudioConfig, DataConfig, TaskSpec, TrainConfig
 from mgc.evaluation.metrics import task_metrics, tune_thresholds
-from mgc.evaluation.scoring import Predictions, metrics_for, write_plots
+from mgc.evaluation.plots import write_plots
+from mgc.evaluation.scoring import Predictions, metrics_for
 from mgc.training.driver import prepare_table
 
 MULTICLASS_KEYS = {"accuracy", "top_k_accuracy", "f1_macro", "roc_auc", "pr_auc", "confusion_matrix"}

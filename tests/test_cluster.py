@@ -225,7 +225,7 @@ def test_s3_credentials_come_from_a_secret_on_every_ray_container_and_nowhere_li
 
 
 def test_token_authentication_is_configured_everywhere() -> None:
-    """Ray 2.60 refuses clients without the token (DESIGN section 7)."""
+    """Ray 2.60 refuses clients without the token (docs/architecture.md, "Seen on these machines")."""
     for name, doc in manifests().items():
         if doc["kind"] == "RayCluster":  # by hand, from our Secret, so outside clients know it
             for group, container in ray_containers(doc["spec"]):

@@ -17,6 +17,7 @@ from conftest import SHARED
 from mgc.models.checkpoint import read_meta
 from mgc.training.compare import ComparisonError, archs_to_compare, markdown_table, run_comparison, steady_samples_per_s
 from mgc.config import CompareConfig, DataConfig, TrainConfig
+from mgc.log import configure_logging
 from mgc.models.zoo import build_model, count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,8 @@ def test_an_unknown_report_split_is_refused_before_any_work(tmp_path):
 
 
 def test_only_a_run_of_exactly_this_config_is_reused(tmp_path):
-    from mgc.training.compare import _config_json, _previous_metrics
+    from mgc.training.compare import _previous_metrics
+    from mgc.training.rundir import config_json as _config_json
 
     cfg = TrainConfig(manifest="m.csv", output=str(tmp_path), arch="cnn")
     assert _previous_metrics(cfg) is None
@@ -75,6 +77,7 @@ def test_throughput_skips_the_warm_up_epoch_and_the_table_marks_missing_values()
 @pytest.mark.slow
 def test_comparison_trains_each_arch_on_the_same_tracks_resumes_and_survives_a_failing_arch(
         ray_local, small_demo, tmp_path, capsys):
+    configure_logging()  # as the jobs do: mgc's progress on stdout
     # A user's local torchvision weights: they fit resnet18; the compact cnn has none and must fail alone.
     torch.manual_seed(0)
     weights = tmp_path / "resnet18.pt"

@@ -16,7 +16,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from mgc.datasets import demo
-from mgc.datasets.demo import MANIFEST_COLUMNS, PEAK_CEILING_DB, DemoConfig, make_demo_set
+from mgc.datasets.demo import PEAK_CEILING_DB, DemoConfig, make_demo_set
+from mgc.io.validate import CONTRACT_COLUMNS as MANIFEST_COLUMNS
 
 SMALL = DemoConfig(tracks_per_pair=2, duration_s=4.0)
 

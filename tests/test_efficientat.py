@@ -30,7 +30,7 @@ import torch
 
 from conftest import SHARED
 from mgc.models import efficientat
-from mgc.audio.decode import load_track
+from mgc.audio.track import load_track
 from mgc.models.checkpoint import CheckpointError, CheckpointMeta, read_meta, save_checkpoint
 from mgc.config import ARCH_AUDIO, EFFICIENTAT_AUDIO, AudioConfig, FrontendError, TagConfig, TaskSpec, TrainConfig
 from mgc.models.efficientat import MUSIC_CLASS, WeightsError, audioset_tagger, build_mobilenet, load_weights

@@ -13,7 +13,7 @@ import s3fs
 
 from conftest import REPO
 from mgc.io import storage
-from mgc.audio.decode import load_track
+from mgc.audio.track import load_track
 from mgc.models.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
 from mgc.config import AudioConfig, TaskSpec
 from mgc.evaluation.metrics import task_metrics

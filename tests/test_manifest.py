@@ -11,15 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mgc.io import manifest as mf
-from mgc.io.manifest import (
-    ManifestError,
-    infer_task_type,
-    label_vocabulary,
-    read_manifest,
-    validate_manifest,
-    write_manifest,
-)
+from mgc.io import uris as mf
+from mgc.io.manifest import read_manifest, write_manifest
+from mgc.io.validate import ManifestError, validate_manifest
+from mgc.labels import infer_task_type, label_vocabulary
 
 CONTRACT = ["track_id", "uri", "split", "genres", "moods", "artist_id", "duration_s"]
 

@@ -29,7 +29,8 @@ import pytest
 import soundfile as sf
 
 from conftest import REPO
-from mgc.audio.decode import cut_windows, decode, fetch, load_track
+from mgc.audio.decode import cut_windows, decode, fetch
+from mgc.audio.track import load_track
 from mgc.config import AudioConfig
 
 MAX_GROWTH_MB = 64
@@ -40,7 +41,7 @@ MEASURE = textwrap.dedent(
     """
     import json, re, sys
     import numpy as np
-    from mgc.audio.decode import load_track
+    from mgc.audio.track import load_track
     from mgc.config import AudioConfig
 
     def status_kb(field):

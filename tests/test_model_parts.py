@@ -11,7 +11,7 @@ from mgc.models.checkpoint import CheckpointError, CheckpointMeta, load_checkpoi
 from mgc.cli import dataclass_from_args, train_parser
 from mgc.config import AudioConfig, TaskSpec, TrainConfig
 from mgc.evaluation.metrics import task_metrics, tune_thresholds
-from mgc.io.manifest import validate_manifest
+from mgc.io.validate import validate_manifest
 from mgc.models.zoo import ARCHITECTURES, build_model
 from mgc.models.inference import predict_tracks
 from mgc.datasets.splits import assign_splits
@@ -57,7 +57,7 @@ def test_pretrained_weights_from_a_local_file_fold_the_rgb_stem(arch, tmp_path):
 
 
 def test_mean_and_vote_aggregation_differ_where_they_should():
-    from mgc.evaluation.metrics import aggregate_mean, aggregate_vote
+    from mgc.models.inference import aggregate_mean, aggregate_vote
 
     windows = [np.array([[0.95, 0.05], [0.45, 0.55], [0.45, 0.55]])]  # one confident window, two lukewarm
     assert aggregate_mean(windows).argmax() == 0

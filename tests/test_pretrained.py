@@ -84,7 +84,7 @@ def test_probe_trains_reuses_cached_embeddings_and_tags(ray_local, demo_with_bad
 def test_gpu_path_embedder_on_raw_windows_equals_the_decoding_one(small_demo, weights):
     """The GPU path's actor (raw windows in, front end on its device) computes what the CPU
     path's (decode + numpy front end) does; run here on the CPU."""
-    from mgc.audio.decode import load_track
+    from mgc.audio.track import load_track
     from mgc.config import ARCH_AUDIO
     from mgc.stages.embed import Embedder
 

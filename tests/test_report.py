@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from mgc.config import TaskSpec
-from mgc.evaluation.metrics import per_label_metrics, plot_per_class, plot_roc_pr, task_metrics
+from mgc.evaluation.metrics import per_label_metrics, task_metrics
+from mgc.evaluation.plots import plot_per_class, plot_roc_pr
 from mgc.evaluation.report import REPORT_FILE, metric_splits, write_report
-from mgc.evaluation.scoring import Evaluation, Predictions, metrics_for, write_plots
+from mgc.evaluation.plots import write_plots
+from mgc.evaluation.scoring import Evaluation, Predictions, metrics_for
 
 PNG = b"\x89PNG\r\n\x1a\n"
 GENRES = ("ambient", "folk", "techno")

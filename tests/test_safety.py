@@ -23,7 +23,9 @@ import pytest
 import s3fs
 
 from conftest import REPO, S3_ENV
-from mgc.io.manifest import ALLOW_HTTP_ENV, ManifestError, read_manifest, uri_schemes, validate_manifest, write_manifest
+from mgc.io.manifest import read_manifest, write_manifest
+from mgc.io.uris import ALLOW_HTTP_ENV, uri_schemes
+from mgc.io.validate import ManifestError, validate_manifest
 
 # ------------------------------------------------------------------ uri scheme allowlist
 

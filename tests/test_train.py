@@ -11,7 +11,7 @@ import s3fs
 
 from conftest import BAD_TRACK_REASONS, add_bad_tracks, copy_tree
 from mgc.io import storage
-from mgc.audio.decode import load_track
+from mgc.audio.track import load_track
 from mgc.models.checkpoint import load_checkpoint
 from mgc.config import AugmentConfig, DataConfig, TrainConfig
 from mgc.audio.logmel import log_mel

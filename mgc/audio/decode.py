@@ -1,4 +1,4 @@
-"""Fetch, decode, validate and window one track.
+"""Fetch and decode audio bytes, cut windows, and name every way a track can fail.
 
 Why typed errors: a catalog run touches millions of objects and some are always broken.
 The pipeline records the failure of each track and goes on, so every failure here is an
@@ -23,7 +23,8 @@ import soundfile as sf
 import soxr
 
 from mgc.config import AudioConfig
-from mgc.io.storage import StorageError, filesystem_for, is_local, is_transient, read_bytes, with_retries
+from mgc.io.storage import StorageError, read_bytes
+
 
 __all__ = [
     "AudioError",
@@ -39,28 +40,42 @@ __all__ = [
     "fetch",
     "decode",
     "cut_windows",
-    "load_track",
     "track_error",
 ]
 
+
 MISSING = "missing"
 """The object or file does not exist."""
+
+
 EMPTY = "empty"
 """The object exists but has zero bytes."""
+
+
 NOT_AUDIO = "not_audio"
 """The bytes are not a recognised audio format (a text file named ``.mp3``)."""
+
+
 CORRUPT = "corrupt"
 """The bytes claim to be audio but do not decode (truncated, garbled, NaN samples)."""
+
+
 TOO_SHORT = "too_short"
 """Decoded fine but is shorter than ``AudioConfig.min_duration_s``."""
+
+
 SILENT = "silent"
 """Decoded fine but its RMS is below ``AudioConfig.silence_threshold_db`` dBFS."""
+
+
 FETCH_FAILED = "fetch_failed"
 """Any other failure to read the bytes (permissions, network, bad URI)."""
+
 
 REASONS: tuple[str, ...] = (
     MISSING, EMPTY, NOT_AUDIO, CORRUPT, TOO_SHORT, SILENT, FETCH_FAILED,
 )
+
 
 # Leading bytes of containers that only audio files have. If a file starts with one of
 # these but neither decoder can read it, it is a broken audio file (corrupt), not some
@@ -77,11 +92,15 @@ _AUDIO_MAGIC: tuple[bytes, ...] = (
     b"\x30\x26\xb2\x75\x8e\x66\xcf\x11",  # ASF (WMA)
 )
 
+
 # A decoder that returns fewer frames than the header declared has met a truncated
 # body. MP3 lengths are an estimate when there is no Xing/LAME header, so allow a
 # little slack before calling a short read corrupt.
 _TRUNCATION_SLACK = 0.02
+
+
 _MIN_TRUNCATION_FRAMES = 2 * 1152  # two MPEG-1 layer III frames
+
 
 _WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # streaming writers and RF64 put these in `data`
 
@@ -168,7 +187,7 @@ def _looks_like_audio(data: bytes) -> bool:
     return len(data) >= 2 and data[0] == 0xFF and (data[1] & 0xE0) == 0xE0
 
 
-def _wav_truncation(data: bytes, size: int | None = None) -> str | None:
+def wav_truncation(data: bytes, size: int | None = None) -> str | None:
     """Describe a RIFF/WAVE file whose ``data`` chunk is cut short, else ``None``.
 
     libsndfile silently shortens such files to the bytes present, so a partial upload
@@ -191,7 +210,7 @@ def _wav_truncation(data: bytes, size: int | None = None) -> str | None:
     return None
 
 
-def _downmix(block: np.ndarray) -> np.ndarray:
+def downmix(block: np.ndarray) -> np.ndarray:
     """``[frames, channels]`` float32 -> ``[frames]``: the channel mean.
 
     A matrix-vector product, not ``mean(axis=1)``: numpy's reduction over a short inner
@@ -215,7 +234,7 @@ class _MonoResampler:
     def __init__(self, sr_in: int, sr_out: int, expected_frames: int = 0, max_expected: int | None = None) -> None:
         same = sr_in == sr_out
         self._stream = None if same else soxr.ResampleStream(sr_in, sr_out, 1, dtype="float32")
-        expected = _resampled_length(max(0, expected_frames), sr_in, sr_out)
+        expected = resampled_length(max(0, expected_frames), sr_in, sr_out)
         if max_expected is not None:  # a header may claim anything: do not trust it with memory
             expected = min(expected, max_expected)
         self._out = np.empty(expected, dtype=np.float32)
@@ -241,7 +260,7 @@ class _MonoResampler:
         return self._out[: self._size]
 
 
-def _resampled_length(frames: int, sr_in: int, sr_out: int) -> int:
+def resampled_length(frames: int, sr_in: int, sr_out: int) -> int:
     """Length of ``soxr.resample`` output for ``frames`` input frames (round half up)."""
     return (2 * frames * sr_out + sr_in) // (2 * sr_in)
 
@@ -253,18 +272,18 @@ def _to_mono_rate(y: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """
     y = np.asarray(y, dtype=np.float32)
     if y.ndim == 2:
-        y = _downmix(y)
+        y = downmix(y)
     y = np.ascontiguousarray(y, dtype=np.float32)
     if sr_in != sr_out and y.size:
         y = soxr.resample(y, sr_in, sr_out)
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
-class _Truncated(Exception):
+class Truncated(Exception):
     """Internal: the decoder read fine but the body is shorter than declared."""
 
 
-class _NonFinite(Exception):
+class NonFinite(Exception):
     """Internal: the decoder returned NaN or Inf samples."""
 
 
@@ -273,10 +292,10 @@ class _NonFinite(Exception):
 _BLOCK_FRAMES = 1 << 17
 
 
-def _check_shortfall(declared: int, got: int) -> None:
+def check_shortfall(declared: int, got: int) -> None:
     shortfall = declared - got
     if shortfall > max(_MIN_TRUNCATION_FRAMES, _TRUNCATION_SLACK * declared):
-        raise _Truncated(f"decoded {got} of {declared} declared frames")
+        raise Truncated(f"decoded {got} of {declared} declared frames")
 
 
 def _decode_soundfile(data: bytes, sample_rate: int) -> np.ndarray:
@@ -284,7 +303,7 @@ def _decode_soundfile(data: bytes, sample_rate: int) -> np.ndarray:
 
     Reads block by block, downmixing and resampling (streaming soxr) as it goes, so the
     peak memory is the mono output, not a float32 copy of every channel. Raises
-    ``_Truncated`` when the body is shorter than the header declares and ``_NonFinite``
+    ``Truncated`` when the body is shorter than the header declares and ``NonFinite``
     for NaN/Inf samples.
     """
     with sf.SoundFile(io.BytesIO(data)) as handle:
@@ -301,15 +320,15 @@ def _decode_soundfile(data: bytes, sample_rate: int) -> np.ndarray:
             if not len(block):
                 break
             if not np.isfinite(block).all():
-                raise _NonFinite()
+                raise NonFinite()
             got += len(block)
-            out.push(_downmix(block))
+            out.push(downmix(block))
             if block_frames < 0:
                 break
-    _check_shortfall(declared, got)
-    wav_problem = _wav_truncation(data)
+    check_shortfall(declared, got)
+    wav_problem = wav_truncation(data)
     if wav_problem:
-        raise _Truncated(wav_problem)
+        raise Truncated(wav_problem)
     return out.result()
 
 
@@ -351,9 +370,9 @@ def decode(data: bytes, sample_rate: int, name: str = "") -> np.ndarray:
         raise AudioError(EMPTY, name, "zero bytes")
     try:
         return _decode_soundfile(data, sample_rate)
-    except _Truncated as exc:
+    except Truncated as exc:
         raise AudioError(CORRUPT, name, f"truncated: {exc}") from None
-    except _NonFinite:
+    except NonFinite:
         raise AudioError(CORRUPT, name, "decoded samples contain NaN or Inf") from None
     except Exception as sf_exc:  # noqa: BLE001 - decoders fail in many ways on bad input
         try:
@@ -405,32 +424,7 @@ def _rms_dbfs(y: np.ndarray) -> float:
     return 10.0 * math.log10(mean_square) if mean_square > 0 else -math.inf
 
 
-def load_track(uri: str, cfg: AudioConfig) -> DecodedTrack:
-    """Fetch, decode and validate ``uri``, and cut it into windows.
-
-    Raises :class:`AudioError` with one of :data:`REASONS`; the checks run in the
-    order fetch -> decode -> too_short -> silent, so a short silent clip reports
-    ``too_short`` (the cheaper, more fundamental problem).
-
-    With ``cfg.max_windows`` set and a track longer than that many windows, only the
-    kept windows are read (seeking, for every format libsndfile can seek: WAV, FLAC,
-    OGG, MP3, ...), so memory is bounded by ``max_windows`` whatever the track's length
-    or channel count; the windows are the ones :func:`cut_windows` keeps, and the
-    silence check then measures those windows.
-    """
-    if cfg.max_windows is not None:
-        if cfg.max_windows < 1:
-            raise ValueError(f"max_windows must be >= 1 or None, got {cfg.max_windows}")
-        track = _load_sampled(uri, cfg)
-        if track is not None:
-            return track
-    y = decode(fetch(uri), cfg.sample_rate, name=uri)
-    duration_s = len(y) / cfg.sample_rate
-    _check_track(uri, y, duration_s, cfg)
-    return DecodedTrack(windows=cut_windows(y, cfg), duration_s=duration_s)
-
-
-def _check_track(uri: str, y: np.ndarray, duration_s: float, cfg: AudioConfig) -> None:
+def check_track(uri: str, y: np.ndarray, duration_s: float, cfg: AudioConfig) -> None:
     """too_short, then silent (``y``: the samples the level is measured on)."""
     if duration_s < cfg.min_duration_s or len(y) == 0:
         raise AudioError(
@@ -441,166 +435,3 @@ def _check_track(uri: str, y: np.ndarray, duration_s: float, cfg: AudioConfig) -
         raise AudioError(
             SILENT, uri, f"RMS {level:.1f} dBFS < threshold {cfg.silence_threshold_db} dBFS"
         )
-
-
-# --- reading only the windows kept (max_windows) --------------------------------------
-
-_HEAD_BYTES = 1 << 16  # enough for the WAV chunk headers before ``data`` in practice
-# Output samples decoded beyond each side of a kept window, then dropped: soxr's filter
-# sees the real neighbouring signal and an MP3 decoder has refilled its bit reservoir
-# after the seek, so the window equals the whole-track decode (to ~1e-7).
-_MARGIN = 4096
-
-
-class _Reader:
-    """A file object for libsndfile's virtual I/O that remembers I/O errors.
-
-    Exceptions raised inside cffi callbacks cannot propagate (libsndfile just sees a
-    short read), so they are kept here and reported as ``fetch_failed`` afterwards.
-    """
-
-    def __init__(self, handle) -> None:
-        self._handle = handle
-        self.error: Exception | None = None
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            return self._handle.read(size)
-        except Exception as exc:  # noqa: BLE001 - reported after the decoder returns
-            self.error = self.error or exc
-            return b""
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        try:
-            return self._handle.seek(offset, whence)
-        except Exception as exc:  # noqa: BLE001
-            self.error = self.error or exc
-            return self._handle.tell()
-
-    def tell(self) -> int:
-        return self._handle.tell()
-
-
-class _Unseekable(Exception):
-    """Internal: this file has to be decoded whole (no seeking, unknown length, ...)."""
-
-
-class _ReadFailed(Exception):
-    """Internal: an I/O error while reading windows (``cause``), classified by the caller."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-def _load_sampled(uri: str, cfg: AudioConfig) -> DecodedTrack | None:
-    """The ``max_windows`` windows of ``uri`` read by seeking, or ``None`` to decode it whole.
-
-    ``None`` when every window is needed anyway (a short track), when libsndfile cannot
-    open or seek the file (the whole-file path then decodes or classifies it), or when a
-    read failed transiently: the whole-file path retries it, and raises StorageError if
-    the store stays down.
-    """
-    try:
-        return _read_sampled(uri, cfg)
-    except _ReadFailed as failed:
-        if is_transient(failed.cause):
-            return None
-        raise AudioError(FETCH_FAILED, uri, f"{type(failed.cause).__name__}: {failed.cause}") from None
-
-
-def _read_sampled(uri: str, cfg: AudioConfig) -> DecodedTrack | None:
-    try:
-        fs, path = filesystem_for(uri)
-        handle = with_retries("open", uri, lambda: fs.open(path, "rb"))
-    except FileNotFoundError as exc:
-        raise AudioError(MISSING, uri, f"no such object: {uri}") from exc
-    except StorageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - as in fetch()
-        raise AudioError(FETCH_FAILED, uri, f"{type(exc).__name__}: {exc}") from exc
-    with handle:
-        try:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(0)
-            head = handle.read(_HEAD_BYTES)
-            handle.seek(0)
-        except Exception as exc:  # noqa: BLE001
-            raise _ReadFailed(exc) from exc
-        if not size:
-            raise AudioError(EMPTY, uri, f"zero bytes: {uri}")
-        wav_problem = _wav_truncation(head, size)
-        if wav_problem:
-            raise AudioError(CORRUPT, uri, f"truncated: {wav_problem}")
-        reader = _Reader(handle)
-        # Local files go through libsndfile's own I/O; others through the fsspec handle.
-        source = path if is_local(uri) else reader
-        try:
-            snd = sf.SoundFile(source)
-        except Exception:  # noqa: BLE001 - not for this path; decode() will say what it is
-            if reader.error is not None:
-                raise _ReadFailed(reader.error) from None
-            return None
-        try:
-            with snd:
-                windows, n_out = _read_kept_windows(snd, cfg)
-        except _Unseekable:
-            return None
-        except _Truncated as exc:
-            raise AudioError(CORRUPT, uri, f"truncated: {exc}") from None
-        except _NonFinite:
-            raise AudioError(CORRUPT, uri, "decoded samples contain NaN or Inf") from None
-        except Exception as exc:  # noqa: BLE001 - a decoder failure mid-file
-            if reader.error is not None:
-                raise _ReadFailed(reader.error) from None
-            raise AudioError(CORRUPT, uri, f"soundfile: {type(exc).__name__}: {exc}") from None
-        if reader.error is not None:
-            raise _ReadFailed(reader.error)
-    duration_s = n_out / cfg.sample_rate
-    _check_track(uri, windows, duration_s, cfg)
-    return DecodedTrack(windows=windows, duration_s=duration_s)
-
-
-def _read_kept_windows(snd: sf.SoundFile, cfg: AudioConfig) -> tuple[np.ndarray, int]:
-    """``([max_windows, window_samples], track length at cfg.sample_rate)`` by seeking.
-
-    Raises ``_Unseekable`` when the whole track must be decoded instead.
-    """
-    sr_in, frames, sr_out = snd.samplerate, snd.frames, cfg.sample_rate
-    if not snd.seekable() or frames <= 0:
-        raise _Unseekable()
-    n_out = _resampled_length(frames, sr_in, sr_out)
-    width = cfg.window_samples
-    n_windows = n_out // width
-    if n_windows <= cfg.max_windows:
-        raise _Unseekable()  # every window is needed: the whole-track path is as cheap
-    keep = np.rint(np.linspace(0, n_windows - 1, cfg.max_windows)).astype(np.int64)
-    # Output sample step*j lies exactly on input sample in_step*j: segments that start
-    # there put their resampled samples on the whole track's output grid.
-    common = math.gcd(sr_in, sr_out)
-    step, in_step = sr_out // common, sr_in // common
-    windows = np.empty((len(keep), width), dtype=np.float32)
-    for row, k in enumerate(keep):
-        start = int(k) * width
-        # A margin on both sides: soxr's filter sees the real neighbouring signal, and a
-        # lossy decoder (MP3's bit reservoir) has settled before the window begins.
-        first = max(0, (start - _MARGIN) // step * step)
-        src_start = first // step * in_step
-        src_stop = min(frames, -(-(start + width + _MARGIN) * sr_in // sr_out))
-        snd.seek(src_start)
-        block = snd.read(src_stop - src_start, dtype="float32", always_2d=True)
-        if len(block) < src_stop - src_start:
-            # Reached the end early: a header that overstates the length (within the
-            # slack: decode whole) or a truncated body (corrupt).
-            _check_shortfall(frames, src_start + len(block))
-            raise _Unseekable()
-        if not np.isfinite(block).all():
-            raise _NonFinite()
-        mono = _downmix(block)
-        if sr_in != sr_out:
-            mono = soxr.resample(np.ascontiguousarray(mono), sr_in, sr_out)
-        piece = mono[start - first : start - first + width]
-        if len(piece) < width:
-            raise _Unseekable()
-        windows[row] = piece
-    return windows, n_out

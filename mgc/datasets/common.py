@@ -7,8 +7,9 @@ and summarising are the same for all of them, so they live here once.
 
 from __future__ import annotations
 
+import argparse
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -16,14 +17,9 @@ import pandas as pd
 
 from mgc.datasets import splits
 from mgc.io import storage
-from mgc.io.manifest import (
-    CONTRACT_COLUMNS,
-    LABEL_COLUMNS,
-    is_list_column,
-    label_vocabulary,
-    validate_manifest,
-    write_manifest,
-)
+from mgc.io.manifest import is_list_column, write_manifest
+from mgc.io.validate import CONTRACT_COLUMNS, LABEL_COLUMNS, validate_manifest
+from mgc.labels import label_vocabulary
 
 AUDIO_EXTENSIONS: tuple[str, ...] = (
     "wav", "au", "mp3", "flac", "ogg", "opus", "m4a", "aac", "aif", "aiff", "wma",
@@ -208,3 +204,19 @@ __all__ = [
     "save",
     "summary",
 ]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How one dataset is built from the command line.
+
+    ``add_arguments`` adds the dataset's own flags to its sub-command; ``build`` runs the
+    builder with them; ``random_split`` says whether mgc should add a random split (only
+    where the dataset has no official one, or the user asked for it).
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    build: Callable[[argparse.Namespace], DatasetBuild]
+    random_split: Callable[[argparse.Namespace], bool] = lambda args: False

@@ -31,16 +31,15 @@ import pandas as pd
 import soundfile as sf
 from scipy import signal
 
+from mgc.config import SPLITS
+from mgc.io.manifest import write_manifest
+from mgc.io.validate import CONTRACT_COLUMNS
+
 SYNTH_VERSION = 1
 """Bump when synthesis changes, so cached demo sets are regenerated."""
 
 MANIFEST_NAME = "manifest.csv"
 STAMP_NAME = "demo.json"
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
-MANIFEST_COLUMNS: tuple[str, ...] = (
-    "track_id", "uri", "split", "genres", "moods", "artist_id", "duration_s",
-)
-
 KNOWN_GENRES: tuple[str, ...] = ("ambient", "techno", "hiphop", "folk")
 """Genres the synthesiser can play (a config may pick any subset)."""
 KNOWN_MOODS: tuple[str, ...] = ("happy", "sad", "aggressive")
@@ -166,8 +165,7 @@ def make_demo_set(root: str | Path, cfg: DemoConfig = DemoConfig()) -> Path:
                 index += 1
 
     _atomic_write(stamp, lambda tmp: tmp.write_text(json.dumps(wanted, indent=2) + "\n"))
-    frame = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-    _atomic_write(manifest, lambda tmp: frame.to_csv(tmp, index=False))
+    write_manifest(pd.DataFrame(rows, columns=list(CONTRACT_COLUMNS)), str(manifest))  # validated, atomic
     return manifest
 
 

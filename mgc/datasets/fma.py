@@ -11,6 +11,7 @@ Audio lives at ``ROOT/{tid // 1000:03d}/{tid:06d}.mp3``.
 
 from __future__ import annotations
 
+import argparse
 import io
 import math
 import re
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from mgc.io import storage
-from mgc.datasets.common import DatasetBuild, audio_prefix, make_manifest
+from mgc.datasets.common import DatasetSpec, DatasetBuild, audio_prefix, make_manifest
 
 SUBSETS: tuple[str, ...] = ("small", "medium", "large", "full")
 """Subsets, each containing the ones before it (``full`` = ``large``'s tracks, untrimmed)."""
@@ -129,3 +130,18 @@ def _missing(value: object) -> bool:
 
 
 __all__ = ["FmaConfig", "LABELS", "SUBSETS", "audio_path", "build_fma", "read_genres", "read_tracks"]
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("metadata_dir", help="fma_metadata folder with tracks.csv and genres.csv")
+    parser.add_argument("--audio", required=True, help="audio root: ROOT/000/000002.mp3")
+    parser.add_argument("--subset", choices=SUBSETS, default="small")
+    parser.add_argument("--labels", choices=LABELS, default="top",
+                        help="top: genre_top (multiclass); all: genres_all (multilabel)")
+
+
+SPEC = DatasetSpec(
+    name="fma", help="FMA tracks.csv + genres.csv", add_arguments=_arguments,
+    build=lambda args: build_fma(FmaConfig(metadata_dir=args.metadata_dir, audio_root=args.audio,
+                                           subset=args.subset, labels=args.labels)),
+)

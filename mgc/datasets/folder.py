@@ -9,11 +9,12 @@ that label); files directly under ``ROOT`` beside labeled folders stay unlabeled
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter
 from dataclasses import dataclass
 
 from mgc.config import TASKS, label_column
-from mgc.datasets.common import AUDIO_EXTENSIONS, DatasetBuild, audio_prefix, list_files, make_manifest
+from mgc.datasets.common import DatasetSpec, AUDIO_EXTENSIONS, DatasetBuild, audio_prefix, list_files, make_manifest
 
 NO_TASK = "none"
 
@@ -55,3 +56,18 @@ def build_folder(config: FolderConfig) -> DatasetBuild:
 
 
 __all__ = ["FolderConfig", "NO_TASK", "build_folder"]
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", help="audio folder (local or s3://)")
+    parser.add_argument("--task", choices=(*TASKS, NO_TASK), default="genre",
+                        help="what the sub-folder names are (none: unlabeled catalog)")
+    parser.add_argument("--split", choices=("random", "none"), default="random",
+                        help="random: stratified split of labeled files (a catalog gets none)")
+
+
+SPEC = DatasetSpec(
+    name="folder", help="ROOT/<label>/... or a flat catalog", add_arguments=_arguments,
+    build=lambda args: build_folder(FolderConfig(root=args.root, task=args.task)),
+    random_split=lambda args: args.split == "random",
+)

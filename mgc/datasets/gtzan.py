@@ -1,7 +1,7 @@
 """GTZAN: ``ROOT/<genre>/<genre>.000NN.{wav,au}``, ten genres of 100 30-second clips.
 
 Why a split directory: GTZAN has repeated tracks, distorted clips and many clips per
-artist, and random splits overstate accuracy (DESIGN section 4). The fault-filtered split
+artist, and random splits overstate accuracy (docs/architecture.md, "Quality bar"). The fault-filtered split
 (Kereliuk, Sturm & Larsen; files ``train_filtered.txt``, ``valid_filtered.txt``,
 ``test_filtered.txt`` with lines like ``blues/blues.00012.wav``, 930 tracks) removes the
 faults and keeps artists apart; with it, tracks it does not list are dropped and counted.
@@ -11,12 +11,13 @@ track-level) and made by :func:`mgc.datasets.common.finish`.
 
 from __future__ import annotations
 
+import argparse
 import posixpath
 import re
 from dataclasses import dataclass
 
 from mgc.io import storage
-from mgc.datasets.common import DatasetBuild, audio_prefix, list_files, make_manifest
+from mgc.datasets.common import DatasetSpec, DatasetBuild, audio_prefix, list_files, make_manifest
 
 SPLIT_FILES: dict[str, str] = {
     "train": "train_filtered.txt",
@@ -114,3 +115,18 @@ def _clip_id(name: str) -> str:
 
 
 __all__ = ["ABSENT", "DUPLICATE", "GtzanConfig", "MISPLACED", "UNLISTED", "SPLIT_FILES", "build_gtzan", "read_split_files"]
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", help="GTZAN folder (local or s3://)")
+    parser.add_argument("--split", choices=("random", "none"), default="random",
+                        help="random: stratified split (ignored with --split-dir)")
+    parser.add_argument("--split-dir", default=None,
+                        help="folder with train_filtered.txt, valid_filtered.txt, test_filtered.txt")
+
+
+SPEC = DatasetSpec(
+    name="gtzan", help="ROOT/<genre>/<genre>.000NN.{wav,au}", add_arguments=_arguments,
+    build=lambda args: build_gtzan(GtzanConfig(root=args.root, split_dir=args.split_dir)),
+    random_split=lambda args: args.split == "random" and not args.split_dir,
+)

@@ -14,12 +14,14 @@ Audio sits at ``ROOT/<PATH>`` (``48/948.mp3``); the low-quality release names fi
 
 from __future__ import annotations
 
+import argparse
 import posixpath
 import re
 from dataclasses import dataclass
 
+from mgc.config import SPLITS
 from mgc.io import storage
-from mgc.datasets.common import DatasetBuild, audio_prefix, make_manifest
+from mgc.datasets.common import DatasetSpec, DatasetBuild, audio_prefix, make_manifest
 
 SUBSETS: dict[str, tuple[str, ...]] = {
     "genre": ("genre",),
@@ -33,7 +35,6 @@ TAG_COLUMNS: dict[str, str] = {"genre": "genres", "mood/theme": "moods", "instru
 """Tag prefix -> manifest column."""
 
 TAG_SEPARATOR = "---"
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 METADATA_FIELDS: tuple[str, ...] = ("TRACK_ID", "ARTIST_ID", "ALBUM_ID", "PATH", "DURATION")
 
 
@@ -162,3 +163,20 @@ __all__ = [
     "split_folder",
     "split_tag",
 ]
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("split_dir", help="folder with split-0..split-4, or one split-N folder")
+    parser.add_argument("--audio", required=True, help="audio root: ROOT/<PATH>, e.g. ROOT/48/948.mp3")
+    parser.add_argument("--subset", choices=tuple(SUBSETS), default="genre")
+    parser.add_argument("--split", type=int, default=0, help="official split number (default: 0)")
+    parser.add_argument("--audio-suffix", default=".mp3",
+                        help="file suffix replacing .mp3 in PATH (.low.mp3 for the low-quality release)")
+
+
+SPEC = DatasetSpec(
+    name="jamendo", help="MTG-Jamendo autotagging TSVs", add_arguments=_arguments,
+    build=lambda args: build_jamendo(JamendoConfig(split_dir=args.split_dir, audio_root=args.audio,
+                                                   subset=args.subset, split=args.split,
+                                                   audio_suffix=args.audio_suffix)),
+)

@@ -1,7 +1,7 @@
 """Train/validation/test splits and cross-validation folds that never split an artist.
 
 Why its own module: a split decides what a reported accuracy means. Seed projects put
-segments (or songs) of one artist on both sides and overstated accuracy (DESIGN section 4),
+segments (or songs) of one artist on both sides and overstated accuracy (docs/architecture.md, "Quality bar"),
 so every split and fold mgc makes is *grouped* (an artist's tracks all land on one side)
 and *stratified* (each side keeps roughly the label proportions of the whole), and is
 deterministic for a seed so that a run can be reproduced.
@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from mgc.config import TASKS, label_column
-from mgc.io.manifest import SPLIT_ALIASES, SPLITS, parse_labels
+from mgc.config import SPLITS
+from mgc.io.validate import SPLIT_ALIASES, parse_labels
 
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
 """Default train/validation/test fractions."""

@@ -9,9 +9,7 @@ the data being evaluated, which would overstate F1).
 
 from __future__ import annotations
 
-import json
 import posixpath
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,15 +18,17 @@ from typing import Any
 import pandas as pd
 
 from mgc.io import storage
+from mgc.evaluation.artifacts import write_run_dir
 from mgc.models.checkpoint import load_checkpoint
 from mgc.config import DataConfig, EvaluateConfig, TaskSpec, label_column
 from mgc.stages.decode import failed_tracks, good_tracks, track_dataset
 from mgc.io.manifest import read_manifest
-from mgc.evaluation.report import write_report
-from mgc.evaluation.scoring import Evaluation, collect_predictions, metrics_for, write_plots
+from mgc.evaluation.scoring import Evaluation, collect_predictions, metrics_for
 from mgc.labels import encode_targets, mask_column, target_column
+from mgc.log import get_logger
 
-METRICS_FILE = "metrics.json"
+log = get_logger()
+
 ALL = "all"
 """The metrics key (and ``--split`` value) when every manifest row is evaluated."""
 
@@ -92,7 +92,7 @@ def evaluate_checkpoint(
         key = split
     else:
         if split is not None:
-            print(f"[mgc] {manifest} has no split column: evaluating all {len(table)} rows", flush=True)
+            log.info(f"{manifest} has no split column: evaluating all {len(table)} rows")
         rows, key = table, ALL
     encoded = encode_targets(rows, tasks)
     columns = ["track_id", "uri"] + [c for task in tasks for c in (target_column(task), mask_column(task))]
@@ -120,14 +120,9 @@ def evaluate_checkpoint(
         "top_k": top_k,
         "seconds": round(time.time() - started, 1),
     }
-    print(f"[mgc] evaluated {n_good} tracks of {key} ({len(skipped)} skipped) with {loaded.model_id}", flush=True)
+    log.info(f"evaluated {n_good} tracks of {key} ({len(skipped)} skipped) with {loaded.model_id}")
     evaluation = Evaluation(tasks=tasks, metrics={key: scores}, predictions={key: predictions})
-    with tempfile.TemporaryDirectory(prefix="mgc-eval-") as tmp:
-        stage = Path(tmp)
-        plots = write_plots(evaluation, [], stage)
-        (stage / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
-        write_report(stage, metrics, plots, f"Evaluation of {loaded.model_id} on {key}")
-        storage.upload_dir(stage, output)
+    write_run_dir(output, metrics, evaluation, [], f"Evaluation of {loaded.model_id} on {key}")
     return metrics
 
 

@@ -4,7 +4,7 @@ Why Markdown: it renders on GitHub, in JupyterLab and in most object-store brows
 diffs, and it embeds the run's PNGs by relative link, so the report stays valid when the
 run directory is copied or uploaded as a whole. It is built only from ``metrics.json``'s
 content and the plot files, so a training run, the feature baseline and the evaluate
-job (DESIGN section 3) share one report.
+job (docs/architecture.md, "Jobs") share one report.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Score decoded tracks with a model and turn the scores into metrics and plots.
+"""Score decoded tracks with a model and turn the scores into track-level metrics.
 
 Why one place: the per-epoch validation inside Ray Train workers and the final
 evaluation of the best checkpoint must compute the same track-level numbers.
@@ -7,7 +7,6 @@ evaluation of the best checkpoint must compute the same track-level numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -16,17 +15,8 @@ import torch
 
 from mgc.models.checkpoint import LoadedCheckpoint, unwrap
 from mgc.config import TaskSpec
-from mgc.evaluation.metrics import (
-    aggregate_mean,
-    aggregate_vote,
-    headline_score,
-    plot_confusion_matrix,
-    plot_history,
-    plot_per_class,
-    plot_roc_pr,
-    task_metrics,
-    tune_thresholds,
-)
+from mgc.evaluation.metrics import headline_score, task_metrics, tune_thresholds
+from mgc.models.inference import aggregate_mean, aggregate_vote
 from mgc.models.inference import predict_windows
 from mgc.labels import mask_column, target_column, targets_matrix
 
@@ -76,7 +66,7 @@ VOTE_KEYS = ("accuracy", "top_k_accuracy", "f1_macro")
 def metrics_for(
     predictions: Mapping[str, Predictions], tasks: Mapping[str, TaskSpec], top_k: int = 3
 ) -> dict[str, dict]:
-    """Metrics per task (DESIGN section 4): mean-probability aggregation, plus the
+    """Metrics per task (docs/architecture.md, "Quality bar"): mean-probability aggregation, plus the
     majority-vote figures under ``"vote"``."""
     results = {}
     for task, p in predictions.items():
@@ -140,30 +130,3 @@ def evaluate_splits(
         if split in datasets and datasets[split].count() > 0
     }
     return evaluate_predictions(tasks, predictions, top_k)
-
-
-def write_plots(evaluation: Evaluation, history: list[dict], directory: str | Path) -> list[Path]:
-    """The run's PNGs, for every split and task: ``confusion_<task>_<split>.png``
-    (multiclass), ``per_class_<task>_<split>.png`` (per-label precision/recall/F1),
-    ``roc_pr_<task>_<split>.png`` (when ``evaluation.predictions`` holds the scores), and
-    ``learning_curves.png`` when there is a history."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for split, per_task in evaluation.metrics.items():
-        for task, result in per_task.items():
-            name = f"{task}_{split}.png"
-            title = f"{task} ({split})"
-            if "confusion_matrix" in result:
-                written.append(plot_confusion_matrix(
-                    result["confusion_matrix"], result["labels"], title, directory / f"confusion_{name}",
-                ))
-            if result.get("per_label"):
-                written.append(plot_per_class(result, title, directory / f"per_class_{name}"))
-            scores = evaluation.predictions.get(split, {}).get(task)
-            if scores is not None and len(scores.truth):
-                written.append(plot_roc_pr(scores.truth, scores.probs, result["labels"], title,
-                                           directory / f"roc_pr_{name}"))
-    if history:
-        written.append(plot_history(history, directory / "learning_curves.png"))
-    return written

@@ -1,23 +1,17 @@
-"""Read, validate and write track manifests.
+"""Read and write track manifests (Parquet, CSV, TSV, JSONL; local or on object storage).
 
 A manifest is the one input every mgc job takes: one row per track with ``track_id``
 (unique, required), ``uri`` (required; a path, ``file://``, ``s3://`` or ``gs://``;
-``http(s)://`` only when enabled, see :data:`ALLOWED_SCHEMES`), and optionally ``split``,
-``genres``, ``moods``, ``artist_id`` and ``duration_s`` (DESIGN section 2). It may be
-Parquet, CSV, TSV or JSONL, local or on object storage.
+``http(s)://`` only when enabled, see :mod:`mgc.io.uris`), and optionally ``split``,
+``genres``, ``moods``, ``artist_id`` and ``duration_s``
+(docs/architecture.md, "Data contracts").
 
-Why validate up front: a training or tagging job fans thousands of tracks out over a Ray
-cluster; a duplicate id or an empty uri found there surfaces minutes later as an obscure
-worker error. So :func:`read_manifest` checks the whole file first and refuses it with
-*every* problem and the row numbers at fault, in one :class:`ManifestError`. The same
-check keeps untrusted manifests from steering workers at other schemes (the cloud
-metadata endpoint over http, ``ssh://``, ...) or from carrying passwords in uris.
-
-Why normalise: the same manifest arrives as lists (Parquet, JSONL) or ``|``-joined strings
-(CSV, TSV), with ids that pandas would like to turn into integers (``0001`` -> 1). Every
-consumer downstream sees one shape instead: string ids and uris, ``genres``/``moods``
-always present as Python lists of strings, ``split`` one of :data:`SPLITS` or None,
-``artist_id`` a string or None, ``duration_s`` a float (NaN when unknown).
+:func:`read_manifest` parses the file and hands it to :func:`mgc.io.validate.validate_manifest`,
+which refuses it up front with every problem and its row numbers, and normalises it: the
+same manifest arrives as lists (Parquet, JSONL) or ``|``-joined strings (CSV, TSV), with
+ids that pandas would like to turn into integers (``0001`` -> 1), and every consumer
+downstream sees one shape instead. :func:`write_manifest` writes that shape back in any of
+the formats.
 
 All I/O goes through :mod:`mgc.io.storage`, so ``s3://`` honours ``AWS_ENDPOINT_URL``.
 """
@@ -30,47 +24,32 @@ import io
 import json
 import lzma
 import math
-import os
 import posixpath
-import re
-from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mgc.io import storage
-from mgc.config import TASKS, label_column
-
-REQUIRED_COLUMNS: tuple[str, ...] = ("track_id", "uri")
-"""Columns every manifest must have."""
-
-LABEL_COLUMNS: tuple[str, ...] = tuple(label_column(task) for task in TASKS)
-"""Label columns (``genres``, ``moods``); always present after normalisation."""
-
-OPTIONAL_COLUMNS: tuple[str, ...] = ("split", *LABEL_COLUMNS, "artist_id", "duration_s")
-"""Contract columns a manifest may leave out."""
-
-CONTRACT_COLUMNS: tuple[str, ...] = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
-"""Every column with a defined meaning, in the order a normalised manifest lists them."""
-
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
-"""Allowed ``split`` values after normalisation."""
-
-SPLIT_ALIASES: dict[str, str] = {"val": "validation", "valid": "validation"}
-"""Other spellings accepted for a split (compared lowercased)."""
-
-LIST_SEPARATOR = "|"
-"""Separator of list values in CSV/TSV."""
-
-MAX_ROWS_LISTED = 20
-"""Row numbers listed per problem before the rest is summarised as "... and N more"."""
-
-ROW_NUMBERING = "data rows numbered from 1 in file order, CSV/TSV header line excluded"
+from mgc.io.uris import (
+    allowed_schemes,
+    has_password,
+    redact_uri,
+    uri_resolver,
+    uri_schemes,
+)
+from mgc.io.validate import (
+    LABEL_COLUMNS,
+    LIST_SEPARATOR,
+    ManifestError,
+    cap_problems,
+    is_missing,
+    row_list,
+    scheme_problem,
+    validate_manifest,
+)
 
 FORMATS: dict[str, str] = {
     ".parquet": "parquet",
@@ -83,26 +62,10 @@ FORMATS: dict[str, str] = {
 }
 """Manifest file extensions and the format each one means."""
 
+
 COMPRESSIONS: dict[str, str] = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
 """Compression suffixes accepted after a text format's extension (``.csv.gz``)."""
 
-ALLOWED_SCHEMES: tuple[str, ...] = ("file", "local", "s3", "s3a", "gs", "gcs")
-"""URI schemes a manifest (and its track ``uri`` values) may use; plain paths are ``file``.
-
-Why a list: a manifest is data, often from outside the team, and every ``uri`` in it is
-fetched by cluster workers that hold cloud credentials. fsspec would happily follow
-``http://169.254.169.254/...`` (the cloud metadata service), ``ssh://``, ``github://``,
-``memory://`` or chained ``simplecache::...`` URLs; only the stores mgc is meant to read
-are accepted."""
-
-HTTP_SCHEMES: tuple[str, ...] = ("http", "https")
-"""Accepted only when enabled: ``allow_http=True`` or :data:`ALLOW_HTTP_ENV` set to 1."""
-
-ALLOW_HTTP_ENV = "MGC_ALLOW_HTTP"
-"""Environment switch (``1``/``true``/``yes``) that lets jobs read http(s) track uris."""
-
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-_PROTOCOL_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*$")
 
 # Arrow types of the contract columns, so that an all-empty list column is still written
 # as list<string> (not list<null>) and an all-missing artist_id as string.
@@ -114,34 +77,6 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
     "artist_id": pa.string(),
     "duration_s": pa.float64(),
 }
-
-
-class ManifestError(ValueError):
-    """A manifest that cannot be used, with every problem found.
-
-    ``problems`` holds one line per problem; row numbers in them count data rows from 1 in
-    file order (for CSV/TSV the header line is not counted), which is what a person sees
-    when opening the file, not the pandas index.
-    """
-
-    def __init__(self, problems: Sequence[str] | str, source: str = "") -> None:
-        if isinstance(problems, str):
-            problems = [problems]
-        self.problems: list[str] = list(problems)
-        self.source: str = str(source)
-        where = f"manifest {self.source}" if self.source else "manifest"
-        note = f" ({ROW_NUMBERING})" if any("row" in p for p in self.problems) else ""
-        lines = [f"Bad {where}{note}:"]
-        lines += [f"  - {problem}" for problem in self.problems]
-        super().__init__("\n".join(lines))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Ray ships exceptions between processes by pickling; the default reduce would
-        # call ManifestError(message) and lose the structured problems.
-        return (type(self), (self.problems, self.source))
-
-
-# --------------------------------------------------------------------------- reading
 
 
 def read_manifest(uri: str, *, allow_http: bool | None = None) -> pd.DataFrame:
@@ -164,10 +99,10 @@ def read_manifest(uri: str, *, allow_http: bool | None = None) -> pd.DataFrame:
     allowed = allowed_schemes(allow_http)
     refused = [scheme for scheme in uri_schemes(uri) if scheme not in allowed]
     if refused:
-        raise ManifestError([_scheme_problem(refused, allowed)], _redact(uri))
-    if _has_password(uri):
+        raise ManifestError([scheme_problem(refused, allowed)], redact_uri(uri))
+    if has_password(uri):
         raise ManifestError(["the manifest location carries a password; give credentials through "
-                             "the environment"], _redact(uri))
+                             "the environment"], redact_uri(uri))
     fmt, compression = _format_of(uri)
     try:
         data = storage.read_bytes(uri)
@@ -179,52 +114,9 @@ def read_manifest(uri: str, *, allow_http: bool | None = None) -> pd.DataFrame:
     if len(raw) == 0:
         raise ManifestError(["the manifest has no rows"], uri)
     df = validate_manifest(raw, source=uri, allow_http=allow_http)
-    resolve = _resolver(uri)
+    resolve = uri_resolver(uri)
     df["uri"] = pd.Series([resolve(value) for value in df["uri"].tolist()], dtype=object)
     return df
-
-
-def resolve_uri(uri: str, manifest_uri: str) -> str:
-    """Resolve a relative track ``uri`` against the directory of ``manifest_uri``.
-
-    Absolute paths and URLs with a scheme are returned unchanged. For a local manifest
-    the result is an absolute local path; for a remote one (``s3://bucket/dir/m.csv``) a
-    URL under the same prefix (``s3://bucket/dir/audio/a.wav``), ``..`` collapsed.
-    """
-    return _resolver(manifest_uri)(uri)
-
-
-def _resolver(manifest_uri: str) -> Callable[[str], str]:
-    """:func:`resolve_uri` with the manifest's directory worked out once (big manifests)."""
-    if storage.is_local(manifest_uri):
-        base = os.path.dirname(storage.filesystem_for(manifest_uri)[1])
-
-        def resolve_local(uri: str) -> str:
-            if not _is_relative(uri):
-                return uri
-            return os.path.normpath(os.path.join(base, uri))
-
-        return resolve_local
-
-    protocol, manifest_path = fsspec.core.split_protocol(manifest_uri)
-    remote_base = posixpath.dirname(manifest_path)
-
-    def resolve_remote(uri: str) -> str:
-        if not _is_relative(uri):
-            return uri
-        return f"{protocol}://{posixpath.normpath(posixpath.join(remote_base, uri))}"
-
-    return resolve_remote
-
-
-def _is_relative(uri: str) -> bool:
-    """True for a plain relative path: no URL scheme, not absolute, not ``~``.
-
-    Mirrors ``fsspec.core.split_protocol``: anything with ``://`` (or ``data:``) is a URL.
-    """
-    if "://" in uri or uri.startswith("data:"):
-        return False
-    return not (uri.startswith(("/", "~")) or os.path.isabs(uri))
 
 
 def _format_of(uri: str) -> tuple[str, str | None]:
@@ -312,7 +204,7 @@ def _parse_jsonl(data: bytes, source: str) -> pd.DataFrame:
             continue
         records.append(record)
     if problems:
-        raise ManifestError(_cap(problems), source)
+        raise ManifestError(cap_problems(problems), source)
     columns: dict[str, None] = {}
     for record in records:
         columns.update(dict.fromkeys(record))
@@ -321,322 +213,6 @@ def _parse_jsonl(data: bytes, source: str) -> pd.DataFrame:
         for column in columns
     }
     return pd.DataFrame(frame)
-
-
-# ------------------------------------------------------------------------ validation
-
-
-def validate_manifest(df: pd.DataFrame, source: str = "", *, allow_http: bool | None = None) -> pd.DataFrame:
-    """Check ``df`` against the manifest contract and return a normalised copy.
-
-    Every problem is collected first and raised once as :class:`ManifestError`, so a
-    person fixes the whole file in one pass. Rows are numbered by position from 1 (the
-    index is ignored). The copy has a fresh RangeIndex; contract columns come first in
-    :data:`CONTRACT_COLUMNS` order, unknown extra columns follow unchanged. ``split``,
-    ``artist_id`` and ``duration_s`` are only present when ``df`` has them (consumers
-    treat their absence as meaningful, e.g. "no split given: hold some tracks out").
-
-    Track uris must use :data:`ALLOWED_SCHEMES` (``http``/``https`` only with
-    ``allow_http``; None reads :data:`ALLOW_HTTP_ENV`) and may not carry a password
-    (``https://user:secret@host/...``): a uri is copied into logs and predictions.
-    """
-    df = df.copy()
-    df.columns = [str(column).strip() for column in df.columns]
-    problems: list[str] = []
-    n = len(df)
-
-    duplicated_columns = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
-    if duplicated_columns:
-        raise ManifestError([f"duplicate column names: {duplicated_columns}"], source)
-
-    missing = [column for column in REQUIRED_COLUMNS if column not in df.columns]
-    for column in missing:
-        found = ", ".join(repr(c) for c in df.columns) or "none"
-        problems.append(f"missing required column {column!r} (columns found: {found})")
-
-    out: dict[str, Any] = {}
-
-    if "track_id" in df.columns:
-        ids = [_to_text(value) for value in df["track_id"].tolist()]
-        empty = [i for i, value in enumerate(ids) if value is None]
-        if empty:
-            problems.append(f"empty track_id at rows {_rows(empty)}")
-        problems += _duplicate_problems(ids)
-        out["track_id"] = pd.Series(["" if v is None else v for v in ids], dtype=object)
-
-    if "uri" in df.columns:
-        uris = [_to_text(value) for value in df["uri"].tolist()]
-        empty = [i for i, value in enumerate(uris) if value is None]
-        if empty:
-            problems.append(f"empty uri at rows {_rows(empty)}")
-        problems += _uri_problems(uris, allowed_schemes(allow_http))
-        out["uri"] = pd.Series(["" if v is None else v for v in uris], dtype=object)
-
-    if "split" in df.columns:
-        splits: list[str | None] = []
-        bad: list[int] = []
-        bad_values: dict[str, None] = {}
-        for i, value in enumerate(df["split"].tolist()):
-            text = _to_text(value)
-            if text is None:
-                splits.append(None)
-                continue
-            text = SPLIT_ALIASES.get(text.lower(), text.lower())
-            if text not in SPLITS:
-                bad.append(i)
-                bad_values[str(value).strip()] = None
-            splits.append(text)
-        if bad:
-            accepted = "/".join(SPLITS) + " (or " + "/".join(SPLIT_ALIASES) + ")"
-            shown = ", ".join(repr(v) for v in list(bad_values)[:5])
-            problems.append(
-                f"split must be {accepted} or empty; found {shown} at rows {_rows(bad)}"
-            )
-        out["split"] = pd.Series(splits, dtype=object)
-
-    for column in LABEL_COLUMNS:
-        if column in df.columns:
-            out[column] = pd.Series([parse_labels(v) for v in df[column].tolist()], dtype=object)
-        else:
-            out[column] = pd.Series([[] for _ in range(n)], dtype=object)
-
-    if "artist_id" in df.columns:
-        out["artist_id"] = pd.Series([_to_text(v) for v in df["artist_id"].tolist()], dtype=object)
-
-    if "duration_s" in df.columns:
-        durations: list[float] = []
-        bad = []
-        for i, value in enumerate(df["duration_s"].tolist()):
-            number = _to_float(value)
-            if number is None or math.isinf(number) or number < 0:
-                bad.append(i)
-                number = math.nan
-            durations.append(number)
-        if bad:
-            problems.append(
-                f"duration_s must be a non-negative number of seconds or empty; "
-                f"bad at rows {_rows(bad)}"
-            )
-        out["duration_s"] = pd.Series(durations, dtype="float64")
-
-    if problems:
-        raise ManifestError(problems, source)
-
-    result = pd.DataFrame({c: out[c] for c in CONTRACT_COLUMNS if c in out})
-    for column in df.columns:
-        if column not in out:
-            result[column] = df[column].reset_index(drop=True)
-    return result
-
-
-def allowed_schemes(allow_http: bool | None = None) -> tuple[str, ...]:
-    """:data:`ALLOWED_SCHEMES`, plus :data:`HTTP_SCHEMES` when http is enabled.
-
-    ``allow_http=None`` reads the :data:`ALLOW_HTTP_ENV` environment variable.
-    """
-    if allow_http is None:
-        allow_http = os.environ.get(ALLOW_HTTP_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-    return ALLOWED_SCHEMES + (HTTP_SCHEMES if allow_http else ())
-
-
-def uri_schemes(uri: str) -> list[str]:
-    """Lowercased scheme of each part of ``uri`` (fsspec chains parts with ``::``).
-
-    A plain path is ``file``; ``data:...`` is ``data``.
-    """
-    if "://" not in uri and "::" not in uri and not uri.startswith("data:"):
-        return ["file"]
-    schemes = []
-    parts = uri.split("::")
-    for i, part in enumerate(parts):
-        match = _SCHEME.match(part)
-        if match:
-            schemes.append(match.group(1).lower())
-        elif part.startswith("data:"):
-            schemes.append("data")
-        elif i < len(parts) - 1 and _PROTOCOL_NAME.match(part):
-            schemes.append(part.lower())  # a chained layer: "simplecache::s3://..."
-        else:
-            schemes.append("file")
-    return schemes
-
-
-def _has_password(uri: str) -> bool:
-    if "@" not in uri:
-        return False
-    for part in uri.split("::"):
-        if _SCHEME.match(part):
-            try:
-                if urlsplit(part).password is not None:
-                    return True
-            except ValueError:
-                return True
-    return False
-
-
-def _redact(uri: str) -> str:
-    """``uri`` fit for a message: the userinfo of each URL part replaced by ``***``."""
-    if "@" not in uri:
-        return uri
-    parts = []
-    for part in uri.split("::"):
-        match = _SCHEME.match(part)
-        if match:
-            rest = part[match.end():]
-            netloc, sep, tail = rest.partition("/")
-            if "@" in netloc:
-                part = f"{match.group(0)}***@{netloc.rsplit('@', 1)[1]}{sep}{tail}"
-        parts.append(part)
-    return "::".join(parts)
-
-
-def _scheme_problem(refused: Sequence[str], allowed: Sequence[str], rows: str = "") -> str:
-    shown = ", ".join(repr(s) for s in list(dict.fromkeys(refused))[:5])
-    where = f" at rows {rows}" if rows else ""
-    hint = ""
-    if any(s in HTTP_SCHEMES for s in refused) and not any(s in HTTP_SCHEMES for s in allowed):
-        hint = f"; http(s) needs allow_http=True or {ALLOW_HTTP_ENV}=1"
-    return f"uri scheme not allowed: {shown}{where} (allowed: {', '.join(allowed)}, or a plain path{hint})"
-
-
-def _uri_problems(uris: list[str | None], allowed: tuple[str, ...]) -> list[str]:
-    """Problems with the schemes and credentials of the (non-empty) track uris."""
-    bad_rows: list[int] = []
-    bad_schemes: dict[str, None] = {}
-    secret_rows: list[int] = []
-    for i, uri in enumerate(uris):
-        if uri is None:
-            continue
-        refused = [scheme for scheme in uri_schemes(uri) if scheme not in allowed]
-        if refused:
-            bad_rows.append(i)
-            bad_schemes.update(dict.fromkeys(refused))
-        if _has_password(uri):
-            secret_rows.append(i)
-    problems = []
-    if bad_rows:
-        problems.append(_scheme_problem(list(bad_schemes), allowed, _rows(bad_rows)))
-    if secret_rows:
-        problems.append(
-            f"uri carries a password (scheme://user:password@...) at rows {_rows(secret_rows)}; "
-            "give credentials through the environment, never inside a manifest"
-        )
-    return problems
-
-
-def parse_labels(value: Any) -> list[str]:
-    """One cell of ``genres``/``moods`` as a list of distinct, stripped, non-empty labels.
-
-    Accepts what each format produces: a list/tuple/array (Parquet, JSONL), a
-    ``|``-separated string (CSV, TSV), or a missing value (-> ``[]``). Order is kept;
-    a label repeated within one track is kept once (it is still one label).
-    """
-    items: list[Any]
-    if isinstance(value, str):
-        items = value.split(LIST_SEPARATOR)
-    elif isinstance(value, (np.ndarray, pd.Series, pd.Index)):
-        items = value.tolist()
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    elif _is_missing(value):
-        return []
-    else:
-        items = [value]
-    if all(type(item) is str for item in items):
-        # Fast path (nearly every cell): plain strings need no missing-value checks.
-        return list(dict.fromkeys(text for text in (item.strip() for item in items) if text))
-    labels: dict[str, None] = {}
-    for item in items:
-        text = _to_text(item)
-        if text is not None:
-            labels[text] = None
-    return list(labels)
-
-
-def _is_missing(value: Any) -> bool:
-    """None, NaN, pd.NA, NaT; never true for containers."""
-    if value is None:
-        return True
-    if isinstance(value, (list, tuple, dict, np.ndarray, pd.Series, pd.Index)):
-        return False
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
-def _to_text(value: Any) -> str | None:
-    """A cell as a stripped string, or None when missing or blank.
-
-    Integral floats become integers first: a numeric id column holding a missing value
-    is a float column in pandas/Parquet, and ``12.0`` there means id ``12``.
-    """
-    if isinstance(value, str):
-        return value.strip() or None
-    if _is_missing(value):
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        text = str(bool(value))
-    elif isinstance(value, (float, np.floating)) and float(value).is_integer():
-        text = str(int(value))
-    elif isinstance(value, bytes):
-        text = value.decode("utf-8")
-    else:
-        text = str(value)
-    text = text.strip()
-    return text or None
-
-
-def _to_float(value: Any) -> float | None:
-    """A cell as a float; NaN when missing or blank; None when not a number."""
-    if type(value) is float:
-        return value
-    if _is_missing(value):
-        return math.nan
-    if isinstance(value, (bool, np.bool_)):
-        return None
-    if isinstance(value, str):
-        value = value.strip()
-        if not value:
-            return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _duplicate_problems(ids: list[str | None]) -> list[str]:
-    """One problem listing every row whose id occurs more than once, with examples."""
-    positions: dict[str, list[int]] = {}
-    for i, value in enumerate(ids):
-        if value is not None:
-            positions.setdefault(value, []).append(i)
-    duplicated = {value: rows for value, rows in positions.items() if len(rows) > 1}
-    if not duplicated:
-        return []
-    all_rows = sorted(i for rows in duplicated.values() for i in rows)
-    examples = "; ".join(
-        f"{value!r} at rows {_rows(rows, limit=5)}" for value, rows in list(duplicated.items())[:5]
-    )
-    more = f"; ... and {len(duplicated) - 5} more ids" if len(duplicated) > 5 else ""
-    return [f"duplicate track_id at rows {_rows(all_rows)} ({examples}{more})"]
-
-
-def _rows(positions: Sequence[int], limit: int = MAX_ROWS_LISTED) -> str:
-    """0-based positions as 1-based row numbers, at most ``limit`` of them listed."""
-    shown = ", ".join(str(i + 1) for i in positions[:limit])
-    if len(positions) > limit:
-        shown += f" ... and {len(positions) - limit} more"
-    return shown
-
-
-def _cap(problems: list[str], limit: int = MAX_ROWS_LISTED) -> list[str]:
-    if len(problems) <= limit:
-        return problems
-    return problems[:limit] + [f"... and {len(problems) - limit} more"]
-
-
-# --------------------------------------------------------------------------- writing
 
 
 def write_manifest(df: pd.DataFrame, uri: str, *, allow_http: bool | None = None) -> None:
@@ -688,7 +264,7 @@ def _to_delimited(df: pd.DataFrame, sep: str, source: str) -> bytes:
         if bad:
             problems.append(
                 f"{column} labels containing {LIST_SEPARATOR!r} cannot be written to "
-                f"CSV/TSV (use Parquet or JSONL); rows {_rows(bad)}"
+                f"CSV/TSV (use Parquet or JSONL); rows {row_list(bad)}"
             )
         df[column] = [LIST_SEPARATOR.join(labels) for labels in cells]
     if problems:
@@ -720,60 +296,11 @@ def _json_value(value: Any) -> Any:
         return [_json_value(item) for item in value]
     if isinstance(value, np.generic):
         value = value.item()
-    if _is_missing(value):
+    if is_missing(value):
         return None
     if isinstance(value, (pd.Timestamp,)):
         return value.isoformat()
     return value
 
 
-# --------------------------------------------------------------------------- labels
-
-
-def infer_task_type(labels: Iterable[Sequence[str]]) -> str:
-    """``multiclass`` when every labeled track has exactly one label, else ``multilabel``.
-
-    Unlabeled tracks (empty list or missing) do not count either way (DESIGN section 2).
-    Cells are normalised like :func:`parse_labels`, so a raw ``|``-joined column works.
-    Raises ValueError when no track is labeled: there is nothing to train.
-    """
-    labeled = False
-    for value in labels:
-        count = len(parse_labels(value))
-        if count == 0:
-            continue
-        labeled = True
-        if count > 1:
-            return "multilabel"
-    if not labeled:
-        raise ValueError("no track has a label; cannot infer a task type")
-    return "multiclass"
-
-
-def label_vocabulary(labels: Iterable[Sequence[str]]) -> list[str]:
-    """Sorted distinct labels over all tracks; the order fixes a model's output indices."""
-    vocabulary: set[str] = set()
-    for value in labels:
-        vocabulary.update(parse_labels(value))
-    return sorted(vocabulary)
-
-
-__all__ = [
-    "ALLOWED_SCHEMES",
-    "ALLOW_HTTP_ENV",
-    "CONTRACT_COLUMNS",
-    "FORMATS",
-    "LABEL_COLUMNS",
-    "ManifestError",
-    "REQUIRED_COLUMNS",
-    "SPLITS",
-    "allowed_schemes",
-    "infer_task_type",
-    "label_vocabulary",
-    "parse_labels",
-    "read_manifest",
-    "resolve_uri",
-    "uri_schemes",
-    "validate_manifest",
-    "write_manifest",
-]
+__all__ = ["COMPRESSIONS", "FORMATS", "is_list_column", "read_manifest", "write_manifest"]

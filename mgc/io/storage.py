@@ -1,6 +1,6 @@
 """One filesystem factory for every URI mgc reads or writes, with retries on object stores.
 
-Why: pyarrow's own ``S3FileSystem`` ignores ``AWS_ENDPOINT_URL`` (DESIGN section 2), so
+Why: pyarrow's own ``S3FileSystem`` ignores ``AWS_ENDPOINT_URL`` (docs/architecture.md, "Data contracts"), so
 anything that hands a filesystem to pyarrow or Ray Data must get an s3fs-backed one from
 here. Local paths, ``file://``, ``s3://`` and any other fsspec URL all go through
 :func:`filesystem_for`.

@@ -8,14 +8,14 @@ uses the exact front end the model was trained with.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import hashlib
 import json
 import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -23,6 +23,7 @@ from mgc import __version__
 from mgc.io import storage
 from mgc.config import AudioConfig, FrontendError, TaskSpec
 from mgc.models.zoo import TaggerModel, build_model
+from mgc.io.jsonio import dumps
 
 MODEL_FILE = "model.pt"
 META_FILE = "mgc.json"
@@ -52,10 +53,10 @@ class CheckpointMeta:
             "name": self.name,
             "arch": self.arch,
             "audio": self.audio.to_dict(),
-            "tasks": {t: dataclasses.asdict(s) for t, s in self.tasks.items()},
+            "tasks": {t: s.to_dict() for t, s in self.tasks.items()},
             "metrics": dict(self.metrics),
         }
-        return json.dumps(data, indent=2, sort_keys=True, default=_json_default)
+        return dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "CheckpointMeta":
@@ -67,14 +68,7 @@ class CheckpointMeta:
             audio = AudioConfig.from_dict(data["audio"], strict=True)
         except FrontendError as err:
             raise CheckpointError(f"cannot use this checkpoint: {err}") from err
-        tasks = {
-            t: TaskSpec(
-                type=s["type"],
-                labels=tuple(s["labels"]),
-                thresholds=None if s.get("thresholds") is None else tuple(s["thresholds"]),
-            )
-            for t, s in data["tasks"].items()
-        }
+        tasks = {t: TaskSpec.from_dict(s) for t, s in data["tasks"].items()}
         return cls(
             arch=data["arch"],
             audio=audio,
@@ -85,12 +79,6 @@ class CheckpointMeta:
         )
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, meta: CheckpointMeta) -> Path:
     """Write ``model.pt`` and ``mgc.json`` into a local ``directory``."""
     directory = Path(directory)
@@ -99,11 +87,6 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, meta: Checkpo
     torch.save(state, directory / MODEL_FILE)
     (directory / META_FILE).write_text(meta.to_json())
     return directory
-
-
-def write_meta(directory: str | Path, meta: CheckpointMeta) -> None:
-    """Replace ``mgc.json`` of a local checkpoint (e.g. after tuning thresholds)."""
-    (Path(directory) / META_FILE).write_text(meta.to_json())
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -125,12 +108,25 @@ def read_meta(directory: str | Path) -> CheckpointMeta:
 
 @dataclass
 class LoadedCheckpoint:
-    """A ready model plus its metadata and stable id."""
+    """A ready model plus its metadata and stable id; ``directory`` is where it was read
+    from (a local directory, or the remote uri: its temporary copy is gone)."""
 
     model: TaggerModel
     meta: CheckpointMeta
     model_id: str
-    directory: Path
+    directory: str
+
+
+@contextlib.contextmanager
+def local_copy(uri: str | Path) -> Iterator[Path]:
+    """A local directory holding the checkpoint ``uri``: the directory itself when local,
+    else a download into a temporary directory that is removed on exit."""
+    uri = str(uri)
+    if storage.is_local(uri):
+        yield Path(storage.filesystem_for(uri)[1])
+        return
+    with tempfile.TemporaryDirectory(prefix="mgc-ckpt-") as tmp:
+        yield storage.download_dir(uri, Path(tmp) / "checkpoint")
 
 
 def model_id(directory: str | Path, meta: CheckpointMeta | None = None) -> str:
@@ -148,18 +144,20 @@ def load_checkpoint(uri: str | Path, device: str | torch.device = "cpu") -> Load
     refused with :class:`CheckpointError` instead of being executed.
     """
     uri = str(uri)
-    local = Path(storage.download_dir(uri, tempfile.mkdtemp(prefix="mgc-ckpt-")))
-    if not (local / MODEL_FILE).exists():
-        raise CheckpointError(f"{uri} is not an mgc checkpoint: {MODEL_FILE} is missing")
-    meta = read_meta(local)
-    try:
-        state = torch.load(local / MODEL_FILE, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"refusing to load {uri}/{MODEL_FILE}: it is not a plain state_dict of tensors "
-            f"({err.__class__.__name__}: {str(err).splitlines()[0]})"
-        ) from err
+    with local_copy(uri) as local:
+        if not (local / MODEL_FILE).exists():
+            raise CheckpointError(f"{uri} is not an mgc checkpoint: {MODEL_FILE} is missing")
+        meta = read_meta(local)
+        try:
+            state = torch.load(local / MODEL_FILE, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(
+                f"refusing to load {uri}/{MODEL_FILE}: it is not a plain state_dict of tensors "
+                f"({err.__class__.__name__}: {str(err).splitlines()[0]})"
+            ) from err
+        identity = model_id(local, meta)
+        directory = str(local) if storage.is_local(uri) else uri
     model = build_model(meta.arch, meta.heads())
     model.load_state_dict(state)
     model.to(device).eval()
-    return LoadedCheckpoint(model=model, meta=meta, model_id=model_id(local, meta), directory=local)
+    return LoadedCheckpoint(model=model, meta=meta, model_id=identity, directory=directory)

@@ -21,7 +21,6 @@ torch's hub cache (``$TORCH_HOME/hub/checkpoints``) and checks its SHA-256.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import pickle
 import zipfile
@@ -32,8 +31,9 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.ops.misc import SqueezeExcitation
+from mgc.log import get_logger
 
-log = logging.getLogger("mgc")
+log = get_logger()
 
 AUDIOSET = "audioset"
 AUDIOSET_CLASSES = 527

@@ -1,7 +1,7 @@
 """Score windows with a model and aggregate them per track.
 
 Why here: evaluation after training and the batch tagging job must turn windows into track
-probabilities the same way (mean probability over windows, DESIGN section 4).
+probabilities the same way (mean probability over windows, docs/architecture.md, "Quality bar").
 """
 
 from __future__ import annotations
@@ -11,10 +11,33 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from mgc.evaluation.metrics import aggregate_mean
 from mgc.models.zoo import TaggerModel, probabilities
 
 EMBEDDING = "embedding"
+
+
+def aggregate_mean(window_probs: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean probability over each track's windows: list of ``[windows, labels]`` -> ``[tracks, labels]``."""
+    return np.stack([np.asarray(p, dtype=np.float32).mean(axis=0) for p in window_probs])
+
+
+def aggregate_vote(window_probs: Sequence[np.ndarray], task_type: str) -> np.ndarray:
+    """Majority vote over each track's windows, as vote shares ``[tracks, labels]``.
+
+    Multiclass: the share of windows whose top label is each label. Multilabel: the
+    share of windows where each tag's probability reaches 0.5. A track's voted label is
+    the argmax of its shares (ties go to the lower label index).
+    """
+    shares = []
+    for probs in window_probs:
+        probs = np.asarray(probs, dtype=np.float32)
+        if task_type == "multiclass":
+            votes = np.zeros_like(probs)
+            votes[np.arange(len(probs)), probs.argmax(axis=1)] = 1.0
+        else:
+            votes = (probs >= 0.5).astype(np.float32)
+        shares.append(votes.mean(axis=0))
+    return np.stack(shares)
 
 
 @torch.inference_mode()

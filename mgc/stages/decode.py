@@ -1,4 +1,4 @@
-"""Ray Data pipeline: manifest rows -> CPU decode+mel actors -> one row per track.
+"""Ray Data stage: manifest rows -> CPU decode+mel actors -> one row per track.
 
 Why one row per track: a track's windows travel together as one ``[windows, n_mels,
 frames]`` array, so track-level aggregation needs no shuffle or groupby, and a track that
@@ -14,7 +14,8 @@ import pandas as pd
 import ray
 from ray.data.expressions import col
 
-from mgc.audio.decode import load_track, track_error
+from mgc.audio.decode import track_error
+from mgc.audio.track import load_track
 from mgc.config import AudioConfig, DataConfig
 from mgc.audio.logmel import log_mel
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import math
 import os
 from dataclasses import dataclass
@@ -40,8 +39,9 @@ from mgc.stages.decode import ERROR, MEL, WINDOWS, DecodeMel, track_dataset
 from mgc.models.efficientat import WeightsError, resolve_weights, sha256_of
 from mgc.audio.logmel import torch_frontend
 from mgc.models.zoo import ARCHITECTURES, TaggerModel
+from mgc.log import get_logger
 
-log = logging.getLogger("mgc")
+log = get_logger()
 
 EMBEDDING = "embedding"
 CACHE_FORMAT = 1

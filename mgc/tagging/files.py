@@ -13,9 +13,11 @@ from typing import Sequence
 
 import numpy as np
 
-from mgc.audio.decode import AudioError, load_track
+from mgc.audio.decode import AudioError
+from mgc.audio.track import load_track
 from mgc.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from mgc.audio.logmel import log_mel
+from mgc.evaluation.plots import pyplot
 from mgc.models.inference import predict_tracks
 
 
@@ -69,10 +71,7 @@ def format_table(results: Sequence[FilePrediction], top_k: int = 3) -> str:
 
 def plot_predictions(results: Sequence[FilePrediction], path: str | Path, top_k: int = 8) -> Path:
     """Per file: its log-mel spectrogram (windows side by side) and probability bars per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     shown = [r for r in results if r.error is None]
     if not shown:

@@ -22,7 +22,6 @@ import copy
 import hashlib
 import io
 import math
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import ray
 import torch
 
 from mgc.io import storage
-from mgc.models.checkpoint import CheckpointMeta, load_checkpoint, model_id, read_meta
+from mgc.models.checkpoint import CheckpointMeta, load_checkpoint, local_copy, model_id, read_meta
 from mgc.config import DataConfig, TagConfig
 from mgc.stages.decode import ERROR, MEL, WINDOWS, DecodeMel, track_dataset
 from mgc.audio.logmel import log_mel, torch_frontend
@@ -43,6 +42,9 @@ from mgc.io.manifest import read_manifest
 from mgc.models.zoo import TaggerModel
 from mgc.models.inference import EMBEDDING, predict_tracks
 from mgc.tagging.schema import PARTITION, PredictionSchema, build_table, combined_tasks
+from mgc.log import get_logger
+
+log = get_logger()
 
 
 @dataclass(frozen=True)
@@ -338,13 +340,14 @@ def run_tagging(cfg: TagConfig) -> TagSummary:
     if not cfg.checkpoint:
         raise ValueError("give at least one --checkpoint")
     started = time.time()
-    local_dirs = [storage.download_dir(uri, tempfile.mkdtemp(prefix="mgc-tag-")) for uri in cfg.checkpoint]
-    metas = [read_meta(directory) for directory in local_dirs]
+    with contextlib.ExitStack() as stack:  # remote checkpoints: temporary copies, removed after reading
+        local_dirs = [stack.enter_context(local_copy(uri)) for uri in cfg.checkpoint]
+        metas = [read_meta(directory) for directory in local_dirs]
+        run_id = run_model_id([str(d) for d in local_dirs], metas)
     audio = metas[0].audio
     if any(m.audio != audio for m in metas[1:]):
         raise ValueError("the checkpoints use different audio front ends; tag with each in its own run")
     PredictionSchema(combined_tasks([m.tasks for m in metas]), cfg.embeddings)  # refuse clashes up front
-    run_id = run_model_id([str(d) for d in local_dirs], metas)
     partition = partition_uri(cfg.output, run_id)
 
     if cfg.retag and storage.exists(partition):
@@ -352,13 +355,13 @@ def run_tagging(cfg: TagConfig) -> TagSummary:
         fs.rm(path, recursive=True)
     stale = storage.remove_stale_temporaries(partition)
     if stale:
-        print(f"[mgc] removed {stale} stale temporary file(s) a killed run left in {partition}", flush=True)
+        log.info(f"removed {stale} stale temporary file(s) a killed run left in {partition}")
     manifest = read_manifest(cfg.manifest)
     done = tagged_track_ids(cfg.output, run_id)
     todo = manifest.loc[~manifest["track_id"].isin(done), ["track_id", "uri"]]
     if cfg.limit is not None:
         todo = todo.head(cfg.limit)
-    print(f"[mgc] {run_id}: {len(manifest)} tracks, {len(done)} already tagged, tagging {len(todo)}", flush=True)
+    log.info(f"{run_id}: {len(manifest)} tracks, {len(done)} already tagged, tagging {len(todo)}")
     if todo.empty:
         return TagSummary(cfg.output, run_id, len(done), 0, {}, time.time() - started)
 
@@ -368,9 +371,9 @@ def run_tagging(cfg: TagConfig) -> TagSummary:
     if cfg.use_gpu:
         wall = time.time() - scoring_started
         busy = float(results["busy_s"].sum()) / max(1, _tagger_concurrency(cfg))
-        print(f"[mgc] GPU taggers busy {busy:.1f} s of {wall:.1f} s "
+        log.info(f"GPU taggers busy {busy:.1f} s of {wall:.1f} s "
               f"(idle {max(0.0, 1 - busy / wall) if wall > 0 else 0:.0%}: below ~20% the run is GPU-bound, "
-              f"above it decode-bound)", flush=True)
+              f"above it decode-bound)")
     errors = [e for e in results[ERROR] if isinstance(e, str)]
     failed = Counter(e.split(":", 1)[0] for e in errors)
     tagged = len(results) - len(errors)

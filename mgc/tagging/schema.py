@@ -1,6 +1,6 @@
 """The predictions table: its schema and how scored tracks become its rows.
 
-Why a module of its own: the schema is a contract (DESIGN section 2) that users query
+Why a module of its own: the schema is a contract (docs/architecture.md, "Data contracts") that users query
 with pandas, so it is built in one place from the checkpoints' task specs and every
 file of a run has exactly the same columns and types, failed tracks included.
 """
@@ -18,8 +18,14 @@ import pyarrow as pa
 from mgc.config import TASKS, TaskSpec, label_column
 
 PARTITION = "model_id"
-# Per-task top-1 columns DESIGN names; a task's tag columns must not collide with them.
+# Per-task top-1 columns the predictions contract names (docs/architecture.md); a task's
+# tag columns must not collide with them.
 TOP1_COLUMNS = {"genre": ("genre", "genre_score")}
+TOP1_FIELDS = [(name, kind) for task in TASKS if task in TOP1_COLUMNS
+               for name, kind in zip(TOP1_COLUMNS[task], (pa.string(), pa.float32()))]
+# Per task, the list of its tags over their thresholds (``genres``, ``moods``).
+LIST_COLUMNS = [label_column(task) for task in TASKS]
+RESERVED = {name for name, _ in TOP1_FIELDS} | set(LIST_COLUMNS) | {"embedding", "error"}
 
 
 def tag_column(task: str, tag: str) -> str:
@@ -36,8 +42,7 @@ class PredictionSchema:
 
     def __post_init__(self) -> None:
         names = [tag_column(task, tag) for task, spec in self.tasks.items() for tag in spec.labels]
-        reserved = {"genre", "genre_score", "genres", "moods", "embedding", "error"}
-        clashes = sorted({n for n in names if names.count(n) > 1} | (set(names) & reserved))
+        clashes = sorted({n for n in names if names.count(n) > 1} | (set(names) & RESERVED))
         if clashes:
             raise ValueError(f"tag names map to clashing prediction columns: {clashes}")
 
@@ -51,10 +56,8 @@ class PredictionSchema:
             pa.field("tagged_at", pa.timestamp("us", tz="UTC")),
             pa.field("duration_s", pa.float32()),
             pa.field("n_segments", pa.int32()),
-            pa.field("genre", pa.string()),
-            pa.field("genre_score", pa.float32()),
-            pa.field("genres", pa.list_(pa.string())),
-            pa.field("moods", pa.list_(pa.string())),
+            *(pa.field(name, kind) for name, kind in TOP1_FIELDS),
+            *(pa.field(name, pa.list_(pa.string())) for name in LIST_COLUMNS),
         ]
         for task in self.tasks:
             fields += [pa.field(name, pa.float32()) for name in self.tag_columns(task)]
@@ -99,10 +102,8 @@ def build_table(
         "tagged_at": [stamp] * n,
         "duration_s": [None if not np.isfinite(d) else float(d) for d in durations],
         "n_segments": [int(s) for s in n_segments],
-        "genre": [None] * n,
-        "genre_score": [None] * n,
-        "genres": [None] * n,
-        "moods": [None] * n,
+        **{name: [None] * n for name, _ in TOP1_FIELDS},
+        **{name: [None] * n for name in LIST_COLUMNS},
     }
     for task, spec in schema.tasks.items():
         task_probs = np.asarray(probs[task], dtype=np.float32)

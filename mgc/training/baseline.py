@@ -1,7 +1,7 @@
 """Feature baseline (``--arch features``): hand-made audio features + gradient-boosted trees.
 
 Why: a CNN's numbers mean little on their own. This baseline reads the same manifest,
-uses the same splits, decodes with the same :func:`mgc.audio.decode.load_track` (so it skips the
+uses the same splits, decodes with the same :func:`mgc.audio.track.load_track` (so it skips the
 same tracks with the same reasons) and is scored by the same code
 (:func:`mgc.evaluation.scoring.metrics_for`, thresholds from :func:`mgc.evaluation.metrics.tune_thresholds`),
 so every CNN run can be compared with it number for number.
@@ -22,7 +22,7 @@ one per tag of a multilabel task, each trained on the training tracks labeled in
 its training rate).
 
 The baseline is for comparison, not for tagging: fitted trees have no safe
-(non-pickle) file format and checkpoints never hold pickles (DESIGN section 2), so
+(non-pickle) file format and checkpoints never hold pickles (docs/architecture.md, "Data contracts"), so
 :meth:`BaselineResult.save` writes only ``baseline.json`` (features, parameters, task
 specs with tuned thresholds, metrics, skipped tracks); the fitted estimators live in
 memory on :attr:`BaselineResult.model`.
@@ -31,7 +31,6 @@ memory on :attr:`BaselineResult.model`.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Mapping
@@ -43,10 +42,15 @@ from threadpoolctl import threadpool_limits
 
 from mgc import __version__
 from mgc.io import storage
-from mgc.audio.decode import load_track, track_error
+from mgc.audio.decode import track_error
+from mgc.audio.track import load_track
 from mgc.config import AudioConfig, DataConfig, TaskSpec, TrainConfig
-from mgc.io.manifest import SPLITS
+from mgc.config import SPLITS
 from mgc.labels import mask_column, target_column, targets_matrix
+from mgc.log import get_logger
+from mgc.io.jsonio import dumps
+
+log = get_logger()
 
 # Ray Data actors import this module to run FeatureExtractor, so torch (mgc.audio.logmel,
 # mgc.evaluation.scoring, mgc.stages.decode) is imported only inside the driver-side functions that need it:
@@ -343,7 +347,7 @@ class BaselineResult:
         return Evaluation(tasks=dict(self.tasks), metrics=self.metrics, predictions=self.predictions)
 
     def metrics_json(self) -> dict[str, Any]:
-        """The run's ``metrics.json`` content, shaped as the CNN's (DESIGN section 2):
+        """The run's ``metrics.json`` content, shaped as the CNN's (docs/architecture.md, "Data contracts"):
         ``{split: {task: ...}}``, ``skipped`` (track_id, error) and ``counts``, plus what
         the baseline was (``baseline``: arch, feature count, parameters, seconds)."""
         return {
@@ -363,11 +367,7 @@ class BaselineResult:
             "features": self.model.feature_names,
             "params": self.model.params,
             "audio": self.audio.to_dict(),
-            "tasks": {
-                task: {"type": s.type, "labels": list(s.labels),
-                       "thresholds": list(s.thresholds) if s.thresholds is not None else None}
-                for task, s in self.tasks.items()
-            },
+            "tasks": {task: s.to_dict() for task, s in self.tasks.items()},
             "metrics": self.metrics,
             "counts": self.counts,
             "skipped": self.skipped[["track_id", "error"]].to_dict("records"),
@@ -377,16 +377,8 @@ class BaselineResult:
     def save(self, directory: str) -> str:
         """Write ``baseline.json`` into ``directory`` (local path or any fsspec URI); returns its URI."""
         uri = storage.join(str(directory), BASELINE_FILE)
-        storage.write_text(uri, json.dumps(self.to_json(), indent=2, default=_json_default))
+        storage.write_text(uri, dumps(self.to_json(), indent=2))
         return uri
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def fit_feature_baseline(
@@ -398,7 +390,8 @@ def fit_feature_baseline(
     ``track_id``, ``uri``, ``split``, ``target_<task>``, ``mask_<task>``). Ray must be
     initialised. Raises :class:`BaselineError` when no training track decodes.
     """
-    from mgc.evaluation.metrics import aggregate_vote, tune_thresholds
+    from mgc.evaluation.metrics import tune_thresholds
+    from mgc.models.inference import aggregate_vote
     from mgc.evaluation.scoring import Predictions, metrics_for
 
     started = time.time()
@@ -411,7 +404,7 @@ def fit_feature_baseline(
     good_features = features[~failed]
     split_rows = {split: (good["split"] == split).to_numpy() for split in SPLITS}
     counts = {split: int(rows.sum()) for split, rows in split_rows.items()}
-    print(f"[mgc] baseline features for {len(table)} tracks: {counts}, skipped {len(skipped)}", flush=True)
+    log.info(f"baseline features for {len(table)} tracks: {counts}, skipped {len(skipped)}")
     if counts["train"] == 0:
         raise BaselineError(
             f"no decodable training tracks in {cfg.manifest} ({len(skipped)} skipped: "

@@ -28,10 +28,15 @@ from mgc.io import storage
 from mgc.training.baseline import ARCH as FEATURES_ARCH
 from mgc.training.baseline import feature_names
 from mgc.config import ARCH_AUDIO, FRONTEND_FIELDS, AudioConfig, CompareConfig, TrainConfig
-from mgc.io.manifest import SPLITS
+from mgc.config import SPLITS
 from mgc.models.zoo import ARCHITECTURES, build_model, count_parameters
-from mgc.training.rundir import METRICS_FILE
+from mgc.evaluation.artifacts import METRICS_FILE
+from mgc.training.rundir import config_json
 from mgc.training.driver import DecodedSplits, absolute_output, decode_splits, prepare_table, run_training
+from mgc.log import get_logger
+from mgc.io.jsonio import dumps
+
+log = get_logger()
 
 PROBE_SUFFIX = " probe"
 
@@ -83,10 +88,6 @@ def steady_samples_per_s(history: list[dict]) -> float | None:
     return float(statistics.median(steady)) if steady else None
 
 
-def _config_json(cfg: TrainConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-
-
 def _previous_metrics(cfg: TrainConfig) -> dict[str, Any] | None:
     """The metrics of an earlier run of exactly this config in ``cfg.output``, if any."""
     uri = storage.join(cfg.output, METRICS_FILE)
@@ -95,7 +96,7 @@ def _previous_metrics(cfg: TrainConfig) -> dict[str, Any] | None:
     metrics = json.loads(storage.read_bytes(uri))
     # Exactly this config: a run by another mgc (a field added since, maybe with a new
     # default behaviour) is trained again rather than compared unlike with like.
-    return metrics if metrics.get("config") == _config_json(cfg) else None
+    return metrics if metrics.get("config") == config_json(cfg) else None
 
 
 def comparison_row(arch: str, metrics: dict[str, Any], params: int | None, split: str) -> dict[str, Any]:
@@ -162,7 +163,7 @@ def _fmt(value: Any, digits: int | None = None) -> str:
 def _write_table(base: TrainConfig, compare: CompareConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
     summary = {"manifest": base.manifest, "split": compare.report_split, "epochs": base.epochs,
                "batch_size": base.batch_size, "rows": rows}
-    storage.write_text(storage.join(base.output, COMPARISON_JSON), json.dumps(summary, indent=2, default=str))
+    storage.write_text(storage.join(base.output, COMPARISON_JSON), dumps(summary, indent=2))
     storage.write_text(storage.join(base.output, COMPARISON_MD),
                        f"# mgc arch comparison on {base.manifest} ({compare.report_split} split, "
                        f"{base.epochs} epochs, batch {base.batch_size})\n\n{markdown_table(rows)}")
@@ -184,7 +185,7 @@ def run_comparison(base: TrainConfig, compare: CompareConfig) -> dict[str, Any]:
     for name in archs:
         if rows:
             _write_table(base, compare, rows)  # what is done so far, should the run be stopped
-        print(f"[mgc] compare: {name} ({len(rows) + 1}/{len(archs)})", flush=True)
+        log.info(f"compare: {name} ({len(rows) + 1}/{len(archs)})")
         try:
             cfg = row_config(base, compare, name)
             metrics = _previous_metrics(cfg)
@@ -196,13 +197,13 @@ def run_comparison(base: TrainConfig, compare: CompareConfig) -> dict[str, Any]:
                     splits = decoded[cfg.audio]
                 metrics = run_training(cfg, decoded=splits).metrics
             else:
-                print(f"[mgc] compare: {name} already trained with this config in {cfg.output}", flush=True)
+                log.info(f"compare: {name} already trained with this config in {cfg.output}")
             rows.append(comparison_row(name, metrics, _params(cfg.arch, cfg, specs), compare.report_split))
         except Exception as err:  # noqa: BLE001 - one arch failing must not lose the others
             traceback.print_exc()
             rows.append({**comparison_row(name, {}, None, compare.report_split), "error": f"{type(err).__name__}: {err}"})
     summary = _write_table(base, compare, rows)
-    print(markdown_table(rows), flush=True)
+    log.info("comparison:\n%s", markdown_table(rows))
     failed = [r["arch"] for r in rows if r["error"]]
     if failed:
         raise ComparisonError(f"arch(s) failed: {failed}; see {storage.join(base.output, COMPARISON_JSON)}")

@@ -18,6 +18,9 @@ from mgc.config import TrainConfig
 from mgc.io.manifest import read_manifest, write_manifest
 from mgc.datasets.splits import FOLD_COLUMN, assign_folds
 from mgc.training.driver import TrainResult, absolute_output, run_training
+from mgc.log import get_logger
+
+log = get_logger()
 
 CV_FILE = "cv.json"
 FOLDS_MANIFEST = "folds.parquet"
@@ -56,7 +59,7 @@ def run_cross_validation(cfg: TrainConfig, folds: int) -> dict[str, Any]:
         raise ValueError(f"the manifest's folds are {present}, not 0..{folds - 1}")
     results: list[TrainResult] = []
     for fold in range(folds):
-        print(f"[mgc] cross-validation fold {fold + 1}/{folds}", flush=True)
+        log.info(f"cross-validation fold {fold + 1}/{folds}")
         results.append(run_training(dataclasses.replace(
             cfg, fold=fold, output=storage.join(cfg.output, f"fold-{fold}"))))
     summary = {"folds": folds, **summarise([r.metrics for r in results]),

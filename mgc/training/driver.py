@@ -2,7 +2,7 @@
 
 Why in this order: decoding is preprocessed into a materialized dataset before the
 trainer starts, so Ray Train workers holding every CPU never starve the decode actors that
-feed them (a hang, not an error, on a 2-core machine; DESIGN section 1).
+feed them (a hang, not an error, on a 2-core machine; docs/architecture.md, "Why each stage is shaped as it is").
 """
 
 from __future__ import annotations
@@ -28,15 +28,20 @@ from mgc.training.baseline import BASELINE_FILE, BaselineError, fit_feature_base
 from mgc.models.checkpoint import load_checkpoint
 from mgc.config import TrainConfig, train_config_from_dict
 from mgc.stages.decode import failed_tracks, good_tracks, split_of, track_dataset
-from mgc.io.manifest import SPLITS, read_manifest
+from mgc.config import SPLITS
+from mgc.io.manifest import read_manifest
 from mgc.models.zoo import ARCHITECTURES
 from mgc.training.probe import run_probe
-from mgc.training.rundir import (CHECKPOINT_DIR, TrainingError, TrainResult, config_json, final_meta, run_metrics,
-                        write_run_dir)
+from mgc.evaluation.artifacts import CHECKPOINT_DIR, write_run_dir
+from mgc.training.rundir import TrainingError, TrainResult, config_json, final_meta, run_metrics
 from mgc.evaluation.scoring import evaluate_splits
 from mgc.datasets.splits import apply_fold, assign_splits
 from mgc.labels import encode_targets, mask_column, resolve_tasks, target_column
-from mgc.training.worker import HISTORY_FILE, train_loop_per_worker
+from mgc.training.worker import HISTORY_FILE, loop_config, train_loop_per_worker
+from mgc.log import get_logger
+from mgc.io.jsonio import dumps
+
+log = get_logger()
 
 RUN_FILE = "run.json"  # the run's config and Ray Train run name, for --resume
 
@@ -124,7 +129,7 @@ def decode_splits(cfg: TrainConfig) -> DecodedSplits:
     good = good_tracks(decoded).materialize()
     datasets = {split: split_of(good, split).materialize() for split in SPLITS}
     counts = {split: ds.count() for split, ds in datasets.items()}
-    print(f"[mgc] decoded {len(table)} tracks: {counts}, skipped {len(skipped)}", flush=True)
+    log.info(f"decoded {len(table)} tracks: {counts}, skipped {len(skipped)}")
     if counts["train"] == 0:
         raise TrainingError(
             f"no decodable training tracks in {cfg.manifest} ({len(skipped)} skipped: "
@@ -136,36 +141,14 @@ def decode_splits(cfg: TrainConfig) -> DecodedSplits:
 def make_trainer(cfg: TrainConfig, decoded: DecodedSplits, name: str, callbacks: list | None = None) -> TorchTrainer:
     """A TorchTrainer running :func:`train_loop_per_worker` on ``decoded``'s splits."""
     has_validation = decoded.counts["validation"] > 0
-    loop_config = {
-        "arch": cfg.arch,
-        "audio": cfg.audio.to_dict(),
-        "tasks": {t: {"type": s.type, "labels": list(s.labels)} for t, s in decoded.specs.items()},
-        "name": cfg.arch,
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
-        "weight_decay": cfg.weight_decay,
-        "seed": cfg.seed,
-        "threads": _cpus_per_worker(cfg),
-        "has_validation": has_validation,
-        "shuffle_buffer": max(cfg.batch_size, 256),
-        "top_k": cfg.top_k,
-        "output": cfg.output,
-        "pretrained": cfg.pretrained,
-        "weights_file": cfg.weights_file,
-        "freeze_backbone_epochs": cfg.freeze_backbone_epochs,
-        "backbone_lr_scale": cfg.backbone_lr_scale,
-        "layer_lr_decay": cfg.layer_lr_decay,
-        "precise_bn_batches": cfg.precise_bn_batches,
-        "augment": dataclasses.asdict(cfg.augment),
-    }
+    config = loop_config(cfg, decoded.specs, _cpus_per_worker(cfg), has_validation)
     datasets = decoded.datasets
     run_config = _run_config(cfg, name)
     if callbacks:
         run_config = dataclasses.replace(run_config, callbacks=callbacks)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=config,
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
@@ -203,8 +186,8 @@ def run_training(cfg: TrainConfig, run_name: str | None = None, decoded: Decoded
     decoded = decoded or decode_splits(cfg)
     datasets, counts, skipped = decoded.datasets, decoded.counts, decoded.skipped
     name = run_name or f"mgc-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage.write_text(storage.join(cfg.output, RUN_FILE), json.dumps(
-        {"name": name, "config": dataclasses.asdict(cfg)}, indent=2, default=str))
+    storage.write_text(storage.join(cfg.output, RUN_FILE), dumps(
+        {"name": name, "config": dataclasses.asdict(cfg)}, indent=2))
     trainer = make_trainer(cfg, decoded, name)
     result = trainer.fit()
     best = result.get_best_checkpoint(metric="val_score", mode="max") or result.checkpoint
@@ -219,5 +202,5 @@ def run_training(cfg: TrainConfig, run_name: str | None = None, decoded: Decoded
         write_run_dir(cfg.output, metrics, evaluated, history, f"mgc training run: {cfg.arch} on {cfg.manifest}",
                       loaded.model, final_meta(loaded.meta, evaluated))
     checkpoint_uri = storage.join(cfg.output, CHECKPOINT_DIR)
-    print(f"[mgc] checkpoint: {checkpoint_uri}", flush=True)
+    log.info(f"checkpoint: {checkpoint_uri}")
     return TrainResult(output=cfg.output, checkpoint=checkpoint_uri, metrics=metrics)

@@ -18,7 +18,6 @@ evaluation mode).
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -33,14 +32,16 @@ from mgc.models.checkpoint import CheckpointMeta
 from mgc.config import ARCH_AUDIO, TaskSpec, TrainConfig
 from mgc.models.efficientat import resolve_weights, sha256_of
 from mgc.stages.embed import BackboneSpec, default_cache, embed_tracks
-from mgc.io.manifest import SPLITS
+from mgc.config import SPLITS
 from mgc.models.zoo import build_model
-from mgc.training.rundir import CHECKPOINT_DIR, TrainingError, TrainResult, final_meta, run_metrics, write_run_dir
+from mgc.evaluation.artifacts import CHECKPOINT_DIR, write_run_dir
+from mgc.training.rundir import TrainingError, TrainResult, final_meta, run_metrics
 from mgc.evaluation.scoring import collect_predictions, evaluate_predictions, metrics_for, validation_summary
 from mgc.labels import mask_column, target_column
 from mgc.training.worker import masked_loss
+from mgc.log import get_logger
 
-log = logging.getLogger("mgc")
+log = get_logger()
 
 
 @dataclass(frozen=True)

@@ -1,33 +1,25 @@
-"""The run directory every training recipe writes: checkpoint, metrics.json, plots, report.md.
+"""What every training recipe returns and records: its result, its metrics, its config.
 
-Why one function: a CNN trained on Ray, a frozen-embedding probe and the feature baseline
-must leave the same artifacts in the same shape (DESIGN section 2's metrics file), so that
-`jobs/compare.py`, `jobs/evaluate.py` and people reading ``report.md`` treat them alike.
-Everything is staged in a local temporary directory and uploaded at the end, so a run
-killed half-way never leaves a ``metrics.json`` beside a stale checkpoint.
+Why one place: a CNN trained on Ray, a frozen-embedding probe and the feature baseline
+must report in the same shape (docs/architecture.md, "Data contracts": the metrics file),
+so that `jobs/compare.py` and people reading ``report.md`` treat them alike; the files
+themselves are written by :func:`mgc.evaluation.artifacts.write_run_dir`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
-import torch
 
-from mgc.io import storage
-from mgc.models.checkpoint import CheckpointMeta, save_checkpoint
+from mgc.models.checkpoint import CheckpointMeta
 from mgc.config import TrainConfig
-from mgc.evaluation.report import write_report
-from mgc.evaluation.scoring import Evaluation, write_plots
+from mgc.evaluation.scoring import Evaluation
+from mgc.io.jsonio import plain
 
-CHECKPOINT_DIR = "checkpoint"
-METRICS_FILE = "metrics.json"
 
 
 class TrainingError(RuntimeError):
@@ -61,7 +53,7 @@ def final_meta(meta: CheckpointMeta, evaluated: Evaluation) -> CheckpointMeta:
 
 def config_json(cfg: TrainConfig) -> dict[str, Any]:
     """The run's config as plain JSON values (what ``metrics.json`` and compare store)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    return plain(dataclasses.asdict(cfg))
 
 
 def run_metrics(cfg: TrainConfig, evaluation: Evaluation, skipped: pd.DataFrame, counts: dict[str, int],
@@ -77,23 +69,3 @@ def run_metrics(cfg: TrainConfig, evaluation: Evaluation, skipped: pd.DataFrame,
         **extra,
         "seconds": round(time.time() - started, 1),
     }
-
-
-def write_run_dir(output: str, metrics: dict[str, Any], evaluation: Evaluation, history: list[dict], title: str,
-                  model: torch.nn.Module | None = None, meta: CheckpointMeta | None = None,
-                  extra: Callable[[Path], Any] | None = None) -> None:
-    """Stage and upload a run: ``checkpoint/`` (when ``model`` is given, with ``meta``),
-    ``metrics.json``, the plots of :func:`mgc.evaluation.scoring.write_plots`, ``report.md``, and
-    whatever ``extra(stage)`` writes beside them."""
-    with tempfile.TemporaryDirectory(prefix="mgc-run-") as tmp:
-        stage = Path(tmp)
-        if model is not None:
-            if meta is None:
-                raise ValueError("a checkpoint needs its CheckpointMeta")
-            save_checkpoint(stage / CHECKPOINT_DIR, model, meta)
-        (stage / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str))
-        plots = write_plots(evaluation, history, stage)
-        write_report(stage, metrics, plots, title)
-        if extra is not None:
-            extra(stage)
-        storage.upload_dir(stage, output)

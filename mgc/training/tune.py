@@ -8,7 +8,6 @@ epoch to Tune through Ray Train's ``TuneReportCallback``; ASHA stops weak trials
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import ray
@@ -19,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler
 from mgc.io import storage
 from mgc.config import AugmentConfig, SearchConfig, TrainConfig
 from mgc.training.driver import DecodedSplits, absolute_output, decode_splits, make_trainer
+from mgc.io.jsonio import dumps
 
 BEST_FILE = "best_config.json"
 # A trial only drives its TorchTrainer; its workers reserve the real CPUs.
@@ -85,5 +85,5 @@ def run_search(base: TrainConfig, search: SearchConfig) -> dict[str, Any]:
         "trials": len(results),
         "errors": len(results.errors),
     }
-    storage.write_text(storage.join(base.output, BEST_FILE), json.dumps(summary, indent=2, default=str))
+    storage.write_text(storage.join(base.output, BEST_FILE), dumps(summary, indent=2))
     return summary

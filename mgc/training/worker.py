@@ -1,7 +1,9 @@
 """The Ray Train worker loop: same code on one CPU or many GPUs (DDP via Ray Train).
 
-Why a separate module: this is what runs inside each Ray Train worker; it receives plain
-data (a dict) and its dataset shards, and reports metrics and a checkpoint every epoch.
+Why a separate module: this is what runs inside each Ray Train worker; it receives the
+run's TrainConfig (as a dict, :func:`loop_config`) and its dataset shards, and reports
+metrics and a checkpoint every epoch: :func:`setup_worker`, then per epoch
+:func:`train_epoch`, :func:`validate` (rank 0) and :func:`save_epoch`.
 The driver side (building datasets, picking the best checkpoint, final evaluation)
 lives in :mod:`mgc.training.driver`.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass, field
 import math
 import tempfile
 import time
@@ -25,13 +28,18 @@ import torch.nn.functional as F
 from mgc.io import storage
 from mgc.models.checkpoint import MODEL_FILE, CheckpointMeta, save_checkpoint
 from mgc.audio.augment import augment_batch
-from mgc.config import AudioConfig, AugmentConfig, TaskSpec
+from mgc.config import TaskSpec, TrainConfig, train_config_from_dict
+from mgc.log import configure_logging, get_logger
 from mgc.models.zoo import TaggerModel, build_model
 from mgc.evaluation.scoring import collect_predictions, metrics_for, validation_summary
 from mgc.labels import mask_column, target_column, targets_matrix
 
 HISTORY_FILE = "history.json"
 TRAIN_STATE_FILE = "train_state.pt"  # optimizer + schedule + epoch, for resuming
+# Rows of each worker's local shuffle buffer (at least one batch).
+SHUFFLE_BUFFER = 256
+
+log = get_logger()
 
 
 def masked_loss(
@@ -155,97 +163,132 @@ def _read_history(output: str) -> list[dict]:
     return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else []
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Train for ``config["epochs"]`` epochs, reporting a checkpoint after each one."""
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    torch.manual_seed(config["seed"] + rank)
+def loop_config(cfg: TrainConfig, tasks: Mapping[str, TaskSpec], threads: float, has_validation: bool
+                ) -> dict[str, Any]:
+    """What the driver hands every worker: the run's own TrainConfig (``asdict``), the task
+    specs resolved from the manifest, and the two facts only the driver knows."""
+    return {"config": dataclasses.asdict(cfg), "tasks": {t: s.to_dict() for t, s in tasks.items()},
+            "threads": threads, "has_validation": has_validation}
+
+
+@dataclass
+class WorkerState:
+    """One worker's model, optimisation state and history, built by :func:`setup_worker`."""
+
+    cfg: TrainConfig
+    tasks: dict[str, TaskSpec]
+    meta: CheckpointMeta
+    bare: TaggerModel
+    model: torch.nn.Module
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    rank: int
+    rng: np.random.Generator
+    generator: torch.Generator
+    history: list[dict] = field(default_factory=list)
+    first_epoch: int = 1
+
+
+def setup_worker(config: Mapping[str, Any]) -> WorkerState:
+    """Seed, build the model (pretrained weights, DDP wrap), optimizer and schedule, and
+    resume from the latest checkpoint after a failure or with ``--resume``."""
+    configure_logging()  # a worker process of its own: its progress reaches the driver's log
+    cfg = train_config_from_dict(config["config"])
+    tasks = {t: TaskSpec.from_dict(s) for t, s in config["tasks"].items()}
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(cfg.seed + rank)
     torch.set_num_threads(max(1, int(config["threads"])))
-    rng = np.random.default_rng(config["seed"] + rank)
-
-    tasks = {t: TaskSpec(type=s["type"], labels=tuple(s["labels"])) for t, s in config["tasks"].items()}
-    meta = CheckpointMeta(
-        arch=config["arch"],
-        audio=AudioConfig.from_dict(config["audio"]),
-        tasks=tasks,
-        name=config["name"],
-    )
-    bare = build_model(meta.arch, meta.heads(), config["pretrained"], config["weights_file"])
-    resumed = _resume_state(bare)  # after a worker failure or with --resume: the latest checkpoint
-    groups = optimizer_groups(bare, config["lr"], config["backbone_lr_scale"], config["layer_lr_decay"])
+    meta = CheckpointMeta(arch=cfg.arch, audio=cfg.audio, tasks=tasks, name=cfg.arch)
+    bare = build_model(meta.arch, meta.heads(), cfg.pretrained, cfg.weights_file)
+    resumed = _resume_state(bare)
+    groups = optimizer_groups(bare, cfg.lr, cfg.backbone_lr_scale, cfg.layer_lr_decay)
     model = ray.train.torch.prepare_model(bare)
-    device = ray.train.torch.get_device()
-    optimizer = torch.optim.AdamW(groups, weight_decay=config["weight_decay"])
-    backbone_factor, head_factor = lr_factors(config["epochs"], config["freeze_backbone_epochs"])
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    backbone_factor, head_factor = lr_factors(cfg.epochs, cfg.freeze_backbone_epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [backbone_factor] * (len(groups) - 1) + [head_factor])
-    augment = AugmentConfig(**config["augment"])
-    generator = torch.Generator().manual_seed(config["seed"] + rank)
-
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("validation") if config["has_validation"] else None
-    history: list[dict] = []
-    start = 1
+    state = WorkerState(cfg, tasks, meta, bare, model, ray.train.torch.get_device(), optimizer, schedule, rank,
+                        np.random.default_rng(cfg.seed + rank), torch.Generator().manual_seed(cfg.seed + rank))
     if resumed is not None:
         optimizer.load_state_dict(resumed["optimizer"])
         schedule.load_state_dict(resumed["scheduler"])
-        start = resumed["epoch"] + 1
-        history = [h for h in _read_history(config["output"]) if h["epoch"] < start]
-        print(f"[mgc] resuming after epoch {resumed['epoch']} from the latest checkpoint", flush=True)
-    for epoch in range(start, config["epochs"] + 1):
-        model.train()
-        if epoch <= config["freeze_backbone_epochs"]:
-            bare.backbone.eval()  # frozen: keep its BatchNorm statistics too
-        loss_sum, seen = 0.0, 0
-        calibration: list[torch.Tensor] = []
-        epoch_started = time.perf_counter()
-        for batch in train_shard.iter_batches(
-            batch_size=config["batch_size"],
-            batch_format="numpy",
-            local_shuffle_buffer_size=config["shuffle_buffer"],
-        ):
-            windows = torch.from_numpy(random_windows(batch["mel"], rng)).to(device)
-            if len(calibration) < config["precise_bn_batches"]:
-                calibration.append(windows)  # unaugmented: what evaluation will see
-            targets, masks = batch_targets(batch, tasks, device)
-            if augment.enabled:
-                windows, targets, masks = augment_batch(windows, targets, masks, augment, generator)
-            loss = masked_loss(model(windows), targets, masks, tasks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(windows)
-            seen += len(windows)
-        train_loss, samples_per_s = epoch_throughput(loss_sum, seen, time.perf_counter() - epoch_started, device)
-        if epoch > config["freeze_backbone_epochs"]:  # a frozen backbone keeps its statistics
-            recalibrate_batchnorm(bare, calibration)
-        calibration.clear()
-        schedule.step()
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_samples_per_s": samples_per_s,
-            "lr": schedule.get_last_lr()[-1],
-        }
-        if rank == 0:
-            if val_shard is not None:
-                model.eval()
-                batches = val_shard.iter_batches(batch_size=32, batch_format="numpy")
-                results = metrics_for(collect_predictions(model, batches, tasks, device), tasks, config["top_k"])
-                metrics.update(validation_summary(results))
-            else:
-                metrics["val_score"] = -metrics["train_loss"]
-            history.append(dict(metrics))
+        state.first_epoch = resumed["epoch"] + 1
+        state.history = [h for h in _read_history(cfg.output) if h["epoch"] < state.first_epoch]
+        log.info("resuming after epoch %d from the latest checkpoint", resumed["epoch"])
+    return state
+
+
+def train_epoch(state: WorkerState, shard, epoch: int) -> dict[str, Any]:
+    """One pass over this worker's shard (a random window per track), then precise BN;
+    returns the epoch's loss, throughput (all workers) and learning rate."""
+    cfg = state.cfg
+    state.model.train()
+    frozen = epoch <= cfg.freeze_backbone_epochs
+    if frozen:
+        state.bare.backbone.eval()  # frozen: keep its BatchNorm statistics too
+    loss_sum, seen = 0.0, 0
+    calibration: list[torch.Tensor] = []
+    started = time.perf_counter()
+    for batch in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                    local_shuffle_buffer_size=max(cfg.batch_size, SHUFFLE_BUFFER)):
+        windows = torch.from_numpy(random_windows(batch["mel"], state.rng)).to(state.device)
+        if len(calibration) < cfg.precise_bn_batches:
+            calibration.append(windows)  # unaugmented: what evaluation will see
+        targets, masks = batch_targets(batch, state.tasks, state.device)
+        if cfg.augment.enabled:
+            windows, targets, masks = augment_batch(windows, targets, masks, cfg.augment, state.generator)
+        loss = masked_loss(state.model(windows), targets, masks, state.tasks)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        loss_sum += float(loss.detach()) * len(windows)
+        seen += len(windows)
+    train_loss, samples_per_s = epoch_throughput(loss_sum, seen, time.perf_counter() - started, state.device)
+    if not frozen:  # a frozen backbone keeps its statistics
+        recalibrate_batchnorm(state.bare, calibration)
+    state.schedule.step()
+    return {"epoch": epoch, "train_loss": train_loss, "train_samples_per_s": samples_per_s,
+            "lr": state.schedule.get_last_lr()[-1]}
+
+
+def validate(state: WorkerState, shard) -> dict[str, float]:
+    """Track-level validation figures (:func:`mgc.evaluation.scoring.validation_summary`)."""
+    state.model.eval()
+    batches = shard.iter_batches(batch_size=32, batch_format="numpy")
+    predictions = collect_predictions(state.model, batches, state.tasks, state.device)
+    return validation_summary(metrics_for(predictions, state.tasks, state.cfg.top_k))
+
+
+def save_epoch(state: WorkerState, metrics: dict[str, Any]) -> None:
+    """Rank 0 writes the live history and a checkpoint (model + optimizer state); every
+    worker reports the epoch to Ray Train."""
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if state.rank == 0:
+            state.history.append(dict(metrics))
             # Live learning curves for the user, and the full history for the driver
             # (Ray keeps only the best checkpoint and its metrics).
-            storage.write_text(storage.join(config["output"], HISTORY_FILE), json.dumps(history, indent=1))
-            print(f"[mgc] epoch {epoch}/{config['epochs']}: " + ", ".join(
-                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in history[-1].items()), flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                epoch_meta = dataclasses.replace(meta, metrics={"epoch": epoch, "val_score": metrics["val_score"]})
-                save_checkpoint(tmp, model, epoch_meta)
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "epoch": epoch},
-                           f"{tmp}/{TRAIN_STATE_FILE}")
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+            storage.write_text(storage.join(state.cfg.output, HISTORY_FILE), json.dumps(state.history, indent=1))
+            log.info("epoch %d/%d: %s", metrics["epoch"], state.cfg.epochs, ", ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+            epoch_meta = dataclasses.replace(state.meta, metrics={"epoch": metrics["epoch"],
+                                                                  "val_score": metrics["val_score"]})
+            save_checkpoint(tmp, state.model, epoch_meta)
+            torch.save({"optimizer": state.optimizer.state_dict(), "scheduler": state.schedule.state_dict(),
+                        "epoch": metrics["epoch"]}, f"{tmp}/{TRAIN_STATE_FILE}")
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train for ``epochs`` epochs (:func:`loop_config` builds ``config``), reporting a
+    checkpoint after each one; rank 0 validates (or, without validation tracks, scores
+    an epoch by its negative training loss)."""
+    state = setup_worker(config)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("validation") if config["has_validation"] else None
+    for epoch in range(state.first_epoch, state.cfg.epochs + 1):
+        metrics = train_epoch(state, train_shard, epoch)
+        if state.rank == 0:
+            metrics.update(validate(state, val_shard) if val_shard is not None else {"val_score": -metrics["train_loss"]})
+        save_epoch(state, metrics)
