@@ -11,7 +11,7 @@ uris, ``genres``/``moods`` always lists of strings, ``split`` one of
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -98,83 +98,30 @@ def validate_manifest(df: pd.DataFrame, source: str = "", *, allow_http: bool | 
     """
     df = df.copy()
     df.columns = [str(column).strip() for column in df.columns]
-    problems: list[str] = []
-    n = len(df)
-
     duplicated_columns = sorted({c for c in df.columns if list(df.columns).count(c) > 1})
     if duplicated_columns:
         raise ManifestError([f"duplicate column names: {duplicated_columns}"], source)
+    problems: list[str] = []
+    for column in REQUIRED_COLUMNS:
+        if column not in df.columns:
+            found = ", ".join(repr(c) for c in df.columns) or "none"
+            problems.append(f"missing required column {column!r} (columns found: {found})")
 
-    missing = [column for column in REQUIRED_COLUMNS if column not in df.columns]
-    for column in missing:
-        found = ", ".join(repr(c) for c in df.columns) or "none"
-        problems.append(f"missing required column {column!r} (columns found: {found})")
-
-    out: dict[str, Any] = {}
-
-    if "track_id" in df.columns:
-        ids = [_to_text(value) for value in df["track_id"].tolist()]
-        empty = [i for i, value in enumerate(ids) if value is None]
-        if empty:
-            problems.append(f"empty track_id at rows {row_list(empty)}")
-        problems += _duplicate_problems(ids)
-        out["track_id"] = pd.Series(["" if v is None else v for v in ids], dtype=object)
-
-    if "uri" in df.columns:
-        uris = [_to_text(value) for value in df["uri"].tolist()]
-        empty = [i for i, value in enumerate(uris) if value is None]
-        if empty:
-            problems.append(f"empty uri at rows {row_list(empty)}")
-        problems += _uri_problems(uris, allowed_schemes(allow_http))
-        out["uri"] = pd.Series(["" if v is None else v for v in uris], dtype=object)
-
-    if "split" in df.columns:
-        splits: list[str | None] = []
-        bad: list[int] = []
-        bad_values: dict[str, None] = {}
-        for i, value in enumerate(df["split"].tolist()):
-            text = _to_text(value)
-            if text is None:
-                splits.append(None)
-                continue
-            text = SPLIT_ALIASES.get(text.lower(), text.lower())
-            if text not in SPLITS:
-                bad.append(i)
-                bad_values[str(value).strip()] = None
-            splits.append(text)
-        if bad:
-            accepted = "/".join(SPLITS) + " (or " + "/".join(SPLIT_ALIASES) + ")"
-            shown = ", ".join(repr(v) for v in list(bad_values)[:5])
-            problems.append(
-                f"split must be {accepted} or empty; found {shown} at rows {row_list(bad)}"
-            )
-        out["split"] = pd.Series(splits, dtype=object)
-
-    for column in LABEL_COLUMNS:
+    checks: dict[str, Callable[[list[Any]], tuple[pd.Series, list[str]]]] = {
+        "track_id": _track_ids,
+        "uri": lambda values: _uris(values, allowed_schemes(allow_http)),
+        "split": _splits,
+        "artist_id": lambda values: (pd.Series([_to_text(v) for v in values], dtype=object), []),
+        "duration_s": _durations,
+    }
+    out: dict[str, pd.Series] = {}
+    for column, check in checks.items():
         if column in df.columns:
-            out[column] = pd.Series([parse_labels(v) for v in df[column].tolist()], dtype=object)
-        else:
-            out[column] = pd.Series([[] for _ in range(n)], dtype=object)
-
-    if "artist_id" in df.columns:
-        out["artist_id"] = pd.Series([_to_text(v) for v in df["artist_id"].tolist()], dtype=object)
-
-    if "duration_s" in df.columns:
-        durations: list[float] = []
-        bad = []
-        for i, value in enumerate(df["duration_s"].tolist()):
-            number = _to_float(value)
-            if number is None or math.isinf(number) or number < 0:
-                bad.append(i)
-                number = math.nan
-            durations.append(number)
-        if bad:
-            problems.append(
-                f"duration_s must be a non-negative number of seconds or empty; "
-                f"bad at rows {row_list(bad)}"
-            )
-        out["duration_s"] = pd.Series(durations, dtype="float64")
-
+            out[column], found = check(df[column].tolist())
+            problems += found
+    for column in LABEL_COLUMNS:
+        values = df[column].tolist() if column in df.columns else [[] for _ in range(len(df))]
+        out[column] = pd.Series([parse_labels(v) for v in values], dtype=object)
     if problems:
         raise ManifestError(problems, source)
 
@@ -183,6 +130,63 @@ def validate_manifest(df: pd.DataFrame, source: str = "", *, allow_http: bool | 
         if column not in out:
             result[column] = df[column].reset_index(drop=True)
     return result
+
+
+def _required_text(values: list[Any], name: str) -> tuple[list[str | None], list[str]]:
+    texts = [_to_text(value) for value in values]
+    empty = [i for i, value in enumerate(texts) if value is None]
+    return texts, ([f"empty {name} at rows {row_list(empty)}"] if empty else [])
+
+
+def _track_ids(values: list[Any]) -> tuple[pd.Series, list[str]]:
+    ids, problems = _required_text(values, "track_id")
+    problems += _duplicate_problems(ids)
+    return pd.Series(["" if v is None else v for v in ids], dtype=object), problems
+
+
+def _uris(values: list[Any], allowed: tuple[str, ...]) -> tuple[pd.Series, list[str]]:
+    uris, problems = _required_text(values, "uri")
+    problems += _uri_problems(uris, allowed)
+    return pd.Series(["" if v is None else v for v in uris], dtype=object), problems
+
+
+def _splits(values: list[Any]) -> tuple[pd.Series, list[str]]:
+    """Split names lowercased, aliases (``val``, ``valid``) resolved, empty as None."""
+    splits: list[str | None] = []
+    bad: list[int] = []
+    bad_values: dict[str, None] = {}
+    for i, value in enumerate(values):
+        text = _to_text(value)
+        if text is None:
+            splits.append(None)
+            continue
+        text = SPLIT_ALIASES.get(text.lower(), text.lower())
+        if text not in SPLITS:
+            bad.append(i)
+            bad_values[str(value).strip()] = None
+        splits.append(text)
+    problems = []
+    if bad:
+        accepted = "/".join(SPLITS) + " (or " + "/".join(SPLIT_ALIASES) + ")"
+        shown = ", ".join(repr(v) for v in list(bad_values)[:5])
+        problems.append(f"split must be {accepted} or empty; found {shown} at rows {row_list(bad)}")
+    return pd.Series(splits, dtype=object), problems
+
+
+def _durations(values: list[Any]) -> tuple[pd.Series, list[str]]:
+    """Seconds as floats, NaN when empty; negative or infinite ones are problems."""
+    durations: list[float] = []
+    bad = []
+    for i, value in enumerate(values):
+        number = _to_float(value)
+        if number is None or math.isinf(number) or number < 0:
+            bad.append(i)
+            number = math.nan
+        durations.append(number)
+    problems = []
+    if bad:
+        problems.append(f"duration_s must be a non-negative number of seconds or empty; bad at rows {row_list(bad)}")
+    return pd.Series(durations, dtype="float64"), problems
 
 
 def parse_labels(value: Any) -> list[str]:

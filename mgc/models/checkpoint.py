@@ -97,11 +97,12 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def read_meta(directory: str | Path) -> CheckpointMeta:
-    path = Path(directory) / META_FILE
-    if not path.exists():
+    """``mgc.json`` of the checkpoint ``directory`` (a local path or any fsspec URL)."""
+    uri = storage.join(str(directory), META_FILE)
+    if not storage.exists(uri):
         raise CheckpointError(f"{directory} is not an mgc checkpoint: {META_FILE} is missing")
     try:
-        return CheckpointMeta.from_json(path.read_text())
+        return CheckpointMeta.from_json(storage.read_bytes(uri).decode())
     except CheckpointError as err:
         raise CheckpointError(f"{directory}: {err}") from err
 

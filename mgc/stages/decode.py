@@ -100,7 +100,7 @@ def track_dataset(
         fn_constructor_kwargs={"audio": audio.to_dict(), "features": features},
         batch_size=data.decode_batch_size,
         batch_format="numpy",
-        concurrency=decode_concurrency(data),
+        compute=ray.data.ActorPoolStrategy(size=decode_concurrency(data)),
         num_cpus=data.decode_num_cpus,
     )
 

@@ -312,7 +312,7 @@ def _tag_on_cpu(cfg: TagConfig, todo, partition: str):
         },
         batch_size=rows,
         batch_format="numpy",
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cfg.tagger_num_cpus,
     )
 
@@ -329,7 +329,7 @@ def _tag_with_gpus(cfg: TagConfig, todo, audio, partition: str):
         },
         batch_size=cfg.rows_per_file,
         batch_format="numpy",
-        concurrency=taggers,
+        compute=ray.data.ActorPoolStrategy(size=taggers),
         num_cpus=cfg.tagger_num_cpus,
         num_gpus=1,
     )

@@ -222,7 +222,7 @@ def extract_features(table: pd.DataFrame, audio: AudioConfig, data: DataConfig) 
         fn_constructor_kwargs={"audio": audio.to_dict()},
         batch_size=size,
         batch_format="numpy",
-        concurrency=min(decode_concurrency(data), max(1, len(blocks))),
+        compute=ray.data.ActorPoolStrategy(size=min(decode_concurrency(data), max(1, len(blocks)))),
         num_cpus=data.decode_num_cpus,
     )
     rows = dataset.materialize().to_pandas()
