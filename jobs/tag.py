@@ -5,7 +5,9 @@
         --output s3://bucket/predictions
     ray job submit --working-dir . -- python jobs/tag.py ... --use-gpu   # on a cluster
 
-Exits non-zero only when the job itself fails; broken tracks are rows with `error` set.
+Exits non-zero only when the job itself fails (2: bad flags or manifest, 3: another run
+holds the partition's lease, 1: anything else, e.g. the audio store is down); broken
+tracks are rows with `error` set.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout (or
 
 from mgc.cli import dataclass_from_args, init_ray, tag_parser  # noqa: E402
 from mgc.config import TagConfig  # noqa: E402
+from mgc.io.lease import LeaseHeld  # noqa: E402
 from mgc.tagging.job import run_tagging  # noqa: E402
 
 
@@ -26,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     if not cfg.manifest or not cfg.checkpoint:
         tag_parser().error("--manifest and --checkpoint are required")
     init_ray()
-    summary = run_tagging(cfg)
+    try:
+        summary = run_tagging(cfg)
+    except LeaseHeld as err:
+        print(f"[mgc] {err}", file=sys.stderr)
+        return 3
     print(json.dumps(summary.to_dict(), indent=2))
     return 0
 

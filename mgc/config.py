@@ -164,6 +164,11 @@ class DataConfig:
     decode_num_cpus: float = 1.0
     # Tracks handed to one actor call.
     decode_batch_size: int = 8
+    # Per-track limits, so one pathological file cannot stall or sink a run: a wall-clock
+    # limit on fetch + decode (a FIFO, a stalled read) and a size cap checked before
+    # reading; offenders become ``timeout`` / ``too_large`` rows. None disables either.
+    track_timeout: float | None = 300.0
+    max_bytes: int | None = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -340,6 +345,22 @@ class TagConfig:
     top_k: int = 3
     # Tag at most this many (not yet tagged) tracks: for trials.
     limit: int | None = None
+    # Windows per track at tag time (evenly spaced over the track, only those read),
+    # overriding the checkpoint's own cap; bounds the work and memory of long tracks.
+    max_windows: int | None = None
+    # Raw windows per GPU tagging call: GPU batches are bounded by their window count
+    # (tracks per call = this / max_windows, or / 10 for tracks of unknown length).
+    gpu_window_budget: int = 8192
+    # Take over the partition's lease when it has expired (a crashed run); a live one
+    # is never taken.
+    force: bool = False
+    # A remote manifest may name local paths (workers read their own disks) / uris
+    # outside the manifest's bucket.
+    allow_local_uris: bool = False
+    allow_other_buckets: bool = False
+    # Retries of a tagging call that killed its actor (which is replaced each time) before
+    # its batch is given up; such batches are split until the track that kills them is found.
+    actor_restarts: int = 2
     data: DataConfig = field(default_factory=DataConfig)
 
 

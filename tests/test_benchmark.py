@@ -23,7 +23,8 @@ from mgc.config import AudioConfig, TagConfig
 from mgc.audio.logmel import LogMel, log_mel
 from mgc.models.zoo import build_model
 from mgc.models.inference import predict_tracks
-from mgc.tagging.job import CPU_MAX_BATCH, _Float32, _rows_per_call, optimized_for_cpu
+from mgc.tagging.actors import CPU_MAX_BATCH, _Float32, optimized_for_cpu
+from mgc.tagging.job import _rows_per_call
 
 RATIOS = ("decode_mel_speedup_vs_librosa", "ray_decode_scaling_efficiency", "tagging_speedup_vs_loop")
 

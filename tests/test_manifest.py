@@ -324,16 +324,33 @@ def s3_prefix(s3_bucket: str) -> str:
 def test_s3_round_trip_and_relative_uris(s3_prefix: str, name: str) -> None:
     uri = f"{s3_prefix}/manifests/{name}"
     write_manifest(sample_frame(), uri)
-    assert_same_contract(read_manifest(uri), validate_manifest(sample_frame()))
+    # sample_frame names local paths and another bucket: a remote manifest needs both allowed.
+    open_policy = {"allow_local": True, "allow_other_buckets": True}
+    assert_same_contract(read_manifest(uri, **open_policy), validate_manifest(sample_frame()))
 
     rel = sample_frame().assign(uri=["a.wav", "audio/b.wav", "../c.wav", "/abs/d.wav"])
     write_manifest(rel, uri)
-    assert list(read_manifest(uri)["uri"]) == [
+    assert list(read_manifest(uri, allow_local=True)["uri"]) == [
         f"{s3_prefix}/manifests/a.wav",
         f"{s3_prefix}/manifests/audio/b.wav",
         f"{s3_prefix}/c.wav",
         "/abs/d.wav",
     ]
+    with pytest.raises(ManifestError, match=r"local paths in a remote manifest at rows 4 "):
+        read_manifest(uri)
+
+
+def test_remote_manifest_uris_stay_in_its_bucket(s3_prefix: str) -> None:
+    uri = f"{s3_prefix}/manifests/m.csv"
+    bucket = s3_prefix.split("/")[2]
+    rows = sample_frame().assign(uri=["a.wav", f"../../{bucket}-other/x.wav", "s3://elsewhere/y.wav", "/dev/zero"])
+    write_manifest(rows, uri)
+    with pytest.raises(ManifestError) as info:
+        read_manifest(uri)
+    problems = info.value.problems
+    assert any(p.startswith("local paths in a remote manifest at rows 4 ") for p in problems), problems
+    assert any(p.startswith(f"uris outside the manifest's bucket s3://{bucket}/ at rows 2, 3 ") for p in problems)
+    assert read_manifest(uri, allow_local=True, allow_other_buckets=True)["uri"][1] == f"s3://{bucket}-other/x.wav"
 
 
 def test_s3_bad_manifest_refused(s3_prefix: str) -> None:

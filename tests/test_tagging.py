@@ -51,9 +51,12 @@ def checkpoints(tmp_path_factory):
     }
 
 
-def catalog(manifest: Path, out: Path, copies: int = 1) -> Path:
-    """An unlabeled catalog manifest (parquet) of the demo audio, each file listed ``copies`` times."""
+def catalog(manifest: Path, out: Path, copies: int = 1, relative: bool = False) -> Path:
+    """An unlabeled catalog manifest (parquet) of the demo audio, each file listed ``copies``
+    times; ``relative`` keeps uris relative to ``out``'s folder (a catalog to upload beside its audio)."""
     df = read_manifest(str(manifest))[["track_id", "uri"]]
+    if relative:
+        df = df.assign(uri=[os.path.relpath(uri, out.parent) for uri in df.uri])
     frames = [df.assign(track_id=df.track_id + f"-{i}") for i in range(copies)] if copies > 1 else [df]
     write_manifest(pd.concat(frames, ignore_index=True), str(out))
     return out
@@ -67,7 +70,7 @@ def quick(manifest: str, checkpoints: list[str], output: str, **overrides) -> Ta
 def test_s3_catalog_with_bad_files_one_row_per_track_schema_as_designed(
         ray_local, s3_endpoint, s3_bucket, small_demo, checkpoints, tmp_path):
     local = add_bad_tracks(copy_tree(small_demo.parent, tmp_path / "demo") / small_demo.name)
-    catalog(local, local.parent / "catalog.parquet")
+    catalog(local, local.parent / "catalog.parquet", relative=True)  # the audio is read from S3 too
     fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
     fs.put(str(local.parent) + "/", f"{s3_bucket}/cat/", recursive=True)
 

@@ -23,7 +23,7 @@ import soundfile as sf
 import soxr
 
 from mgc.config import AudioConfig
-from mgc.io.storage import StorageError, read_bytes
+from mgc.io.storage import ObjectTooLarge, StorageError, reachable, read_bytes, redact
 
 
 __all__ = [
@@ -35,7 +35,13 @@ __all__ = [
     "TOO_SHORT",
     "SILENT",
     "FETCH_FAILED",
+    "STORAGE",
+    "TIMEOUT",
+    "TOO_LARGE",
+    "CRASHED",
     "REASONS",
+    "RETRYABLE",
+    "is_retryable",
     "DecodedTrack",
     "fetch",
     "decode",
@@ -72,9 +78,34 @@ FETCH_FAILED = "fetch_failed"
 """Any other failure to read the bytes (permissions, network, bad URI)."""
 
 
+STORAGE = "storage"
+"""One key kept failing with storage errors while the store itself answered."""
+
+
+TIMEOUT = "timeout"
+"""Fetching and decoding took longer than the per-track limit (a FIFO, a stalled read)."""
+
+
+TOO_LARGE = "too_large"
+"""The object is over the size limit (``--max-bytes``), refused before it is read."""
+
+
+CRASHED = "crashed"
+"""Processing this track killed its worker (a segfault, out of memory), again and again."""
+
+
 REASONS: tuple[str, ...] = (
-    MISSING, EMPTY, NOT_AUDIO, CORRUPT, TOO_SHORT, SILENT, FETCH_FAILED,
+    MISSING, EMPTY, NOT_AUDIO, CORRUPT, TOO_SHORT, SILENT, FETCH_FAILED, STORAGE, TIMEOUT, TOO_LARGE, CRASHED,
 )
+
+RETRYABLE: frozenset[str] = frozenset({MISSING, FETCH_FAILED, STORAGE, TIMEOUT})
+"""Reasons that can go away by themselves (an upload, an expired token, a stalled store):
+a later run tries these tracks again; the others are properties of the file itself."""
+
+
+def is_retryable(error: str | None) -> bool:
+    """Whether an ``error`` text (``"<reason>: ..."``) names a :data:`RETRYABLE` reason."""
+    return isinstance(error, str) and error.split(":", 1)[0] in RETRYABLE
 
 
 # Leading bytes of containers that only audio files have. If a file starts with one of
@@ -115,6 +146,8 @@ class AudioError(Exception):
     def __init__(self, reason: str, uri: str, detail: str) -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown AudioError reason {reason!r}; expected one of {REASONS}")
+        if uri and uri in detail:  # the text lands in logs and output rows: no credentials in it
+            detail = detail.replace(uri, redact(uri))
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.uri = uri
@@ -139,19 +172,22 @@ class DecodedTrack:
     duration_s: float  # of the whole decoded track, before windowing
 
 
-def fetch(uri: str) -> bytes:
+def fetch(uri: str, max_bytes: int | None = None) -> bytes:
     """Read the whole object behind ``uri`` (local path, ``file://``, ``s3://``, ...).
 
     Through :func:`mgc.io.storage.read_bytes`, so S3 endpoints are honoured and transient
     errors are retried. A store that stays down raises :class:`mgc.io.storage.StorageError`,
     which is the job's failure, not this track's: recording it as a ``fetch_failed`` row
     would let a rerun skip the track as done. Any other failure but "does not exist"
-    (a bad URI, a permission error on this object) is this track's ``fetch_failed``.
+    (a bad URI, a permission error on this object) is this track's ``fetch_failed``; an
+    object over ``max_bytes`` is ``too_large`` and is not read.
     """
     try:
-        data = read_bytes(uri)
+        data = read_bytes(uri, max_bytes=max_bytes)
     except FileNotFoundError as exc:
         raise AudioError(MISSING, uri, f"no such object: {uri}") from exc
+    except ObjectTooLarge as exc:
+        raise AudioError(TOO_LARGE, uri, str(exc)) from exc
     except StorageError:
         raise
     except Exception as exc:  # noqa: BLE001 - any other I/O trouble is this track's failure
@@ -166,11 +202,14 @@ def track_error(err: Exception) -> str:
 
     The one rule every per-track pipeline (training decode, tagging, the feature
     baseline) applies: an :class:`AudioError` is ``"<reason>: <detail>"``; a
-    :class:`mgc.io.storage.StorageError` is the job's failure (the store is down, see
-    :func:`fetch`) and propagates; anything else is ``decode_failed: ...``, so one bad
-    track never stops the job.
+    :class:`mgc.io.storage.StorageError` is the job's failure when the store is down as a
+    whole (see :func:`fetch`) and propagates, but when the store still answers
+    (:func:`mgc.io.storage.reachable`) only this key is failing: a retryable ``storage``
+    row; anything else is ``decode_failed: ...``, so one bad track never stops the job.
     """
     if isinstance(err, StorageError):
+        if err.uri and reachable(err.uri):
+            return f"{STORAGE}: {err}"
         raise err
     if isinstance(err, AudioError):
         return str(err)

@@ -16,7 +16,22 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from mgc.audio.decode import CORRUPT, EMPTY, FETCH_FAILED, MISSING, AudioError, DecodedTrack, NonFinite, Truncated, check_shortfall, check_track, downmix, resampled_length, wav_truncation
+from mgc.audio.decode import (
+    CORRUPT,
+    EMPTY,
+    FETCH_FAILED,
+    MISSING,
+    TOO_LARGE,
+    AudioError,
+    DecodedTrack,
+    NonFinite,
+    Truncated,
+    check_shortfall,
+    check_track,
+    downmix,
+    resampled_length,
+    wav_truncation,
+)
 from mgc.config import AudioConfig
 from mgc.io.storage import (
     StorageError,
@@ -76,7 +91,7 @@ class _ReadFailed(Exception):
         self.cause = cause
 
 
-def load_sampled(uri: str, cfg: AudioConfig) -> DecodedTrack | None:
+def load_sampled(uri: str, cfg: AudioConfig, max_bytes: int | None = None) -> DecodedTrack | None:
     """The ``max_windows`` windows of ``uri`` read by seeking, or ``None`` to decode it whole.
 
     ``None`` when every window is needed anyway (a short track), when libsndfile cannot
@@ -85,14 +100,14 @@ def load_sampled(uri: str, cfg: AudioConfig) -> DecodedTrack | None:
     the store stays down.
     """
     try:
-        return _read_sampled(uri, cfg)
+        return _read_sampled(uri, cfg, max_bytes)
     except _ReadFailed as failed:
         if is_transient(failed.cause):
             return None
         raise AudioError(FETCH_FAILED, uri, f"{type(failed.cause).__name__}: {failed.cause}") from None
 
 
-def _read_sampled(uri: str, cfg: AudioConfig) -> DecodedTrack | None:
+def _read_sampled(uri: str, cfg: AudioConfig, max_bytes: int | None) -> DecodedTrack | None:
     try:
         fs, path = filesystem_for(uri)
         handle = with_retries("open", uri, lambda: fs.open(path, "rb"))
@@ -112,6 +127,8 @@ def _read_sampled(uri: str, cfg: AudioConfig) -> DecodedTrack | None:
             raise _ReadFailed(exc) from exc
         if not size:
             raise AudioError(EMPTY, uri, f"zero bytes: {uri}")
+        if max_bytes is not None and size > max_bytes:
+            raise AudioError(TOO_LARGE, uri, f"{uri} holds {size:,} bytes, over the limit of {max_bytes:,} (--max-bytes)")
         wav_problem = wav_truncation(head, size)
         if wav_problem:
             raise AudioError(CORRUPT, uri, f"truncated: {wav_problem}")

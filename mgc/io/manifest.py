@@ -46,6 +46,7 @@ from mgc.io.validate import (
     ManifestError,
     cap_problems,
     is_missing,
+    locality_problems,
     row_list,
     scheme_problem,
     validate_manifest,
@@ -79,7 +80,8 @@ _ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
-def read_manifest(uri: str, *, allow_http: bool | None = None) -> pd.DataFrame:
+def read_manifest(uri: str, *, allow_http: bool | None = None, allow_local: bool | None = None,
+                  allow_other_buckets: bool | None = None) -> pd.DataFrame:
     """Read, validate and normalise the manifest at ``uri`` (local path or any fsspec URL).
 
     The format comes from the extension (:data:`FORMATS`, optionally followed by one of
@@ -116,6 +118,10 @@ def read_manifest(uri: str, *, allow_http: bool | None = None) -> pd.DataFrame:
     df = validate_manifest(raw, source=uri, allow_http=allow_http)
     resolve = uri_resolver(uri)
     df["uri"] = pd.Series([resolve(value) for value in df["uri"].tolist()], dtype=object)
+    problems = locality_problems(df["uri"].tolist(), uri, allow_local=allow_local,
+                                 allow_other_buckets=allow_other_buckets)
+    if problems:
+        raise ManifestError(problems, redact_uri(uri))
     return df
 
 

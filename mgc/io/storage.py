@@ -24,10 +24,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import posixpath
 import random
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -208,11 +210,14 @@ def pyarrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """Return a pyarrow filesystem and path for ``uri``, for pyarrow and Ray Data.
 
     Local paths get pyarrow's native local filesystem; everything else is the fsspec
-    filesystem wrapped in ``PyFileSystem`` so that endpoint settings are honoured.
+    filesystem wrapped in ``PyFileSystem`` so that endpoint settings are honoured. The
+    fsspec listing cache under ``uri`` is dropped first: such folders are written by other
+    processes (Ray actors), and a stale listing hides their files or calls them missing.
     """
     fs, path = filesystem_for(uri)
     if is_local(uri):
         return pafs.LocalFileSystem(), path
+    fs.invalidate_cache(path)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
@@ -237,6 +242,30 @@ def endpoint_of(uri: str) -> str:
     if protocol in LOCAL_PROTOCOLS:
         return "local filesystem"
     return f"{protocol}://"
+
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+REDACTED_QUERY = "?<redacted>"
+
+
+def redact(uri: str) -> str:
+    """``uri`` fit for logs and outputs: the userinfo of each URL part as ``***`` and its
+    query string (presigned-URL signatures, SAS tokens, ``X-Amz-Security-Token``) as
+    ``?<redacted>``. Plain paths are returned as they are (``?`` may be part of a name)."""
+    parts = []
+    for part in str(uri).split("::"):
+        match = _URL.match(part)
+        if match:
+            rest = part[match.end():]
+            netloc, sep, tail = rest.partition("/")
+            if "@" in netloc:
+                netloc = "***@" + netloc.rsplit("@", 1)[1]
+            path, query, _ = (sep + tail).partition("?")
+            if not sep and "?" in netloc:  # s3://bucket?token=...
+                netloc, query, _ = netloc.partition("?")
+            part = f"{match.group(0)}{netloc}{path}" + (REDACTED_QUERY if query else "")
+        parts.append(part)
+    return "::".join(parts)
 
 
 def _without_userinfo(url: str) -> str:
@@ -338,8 +367,9 @@ def _storage_error(op: str, uri: str, exc: BaseException, tries: int, seconds: f
         "connect" in type(exc).__name__.lower() or "Could not connect" in str(exc))
     what = f"cannot reach storage endpoint {endpoint}" if unreachable else f"storage endpoint {endpoint} kept failing"
     tried = f"{tries} {'try' if tries == 1 else 'tries'} in {seconds:.1f} s"
-    return StorageError(f"{what}: {op} {uri} gave up after {tried} ({type(exc).__name__}: {_first_line(exc)})",
-                        uri=str(uri), endpoint=endpoint)
+    cause = _first_line(exc).replace(str(uri), redact(uri))
+    return StorageError(f"{what}: {op} {redact(uri)} gave up after {tried} ({type(exc).__name__}: {cause})",
+                        uri=redact(uri), endpoint=endpoint)
 
 
 # ---------------------------------------------------------------- whole-object operations
@@ -350,15 +380,61 @@ def exists(uri: str, *, retry: RetryPolicy | None = None) -> bool:
     return with_retries("exists", uri, lambda: fs.exists(path), retry)
 
 
-def read_bytes(uri: str, *, retry: RetryPolicy | None = None) -> bytes:
-    """Read a whole object."""
+class ObjectTooLarge(OSError):
+    """An object over the reader's size limit (``size`` bytes, or more when unknown)."""
+
+    def __init__(self, uri: str, size: int, limit: int) -> None:
+        super().__init__(f"{redact(uri)} holds {size:,} bytes or more, over the limit of {limit:,} (--max-bytes)")
+        self.size, self.limit = size, limit
+
+
+def read_bytes(uri: str, *, retry: RetryPolicy | None = None, max_bytes: int | None = None) -> bytes:
+    """Read a whole object; with ``max_bytes``, refuse a larger one before reading it
+    (its listed size) and never read more than ``max_bytes + 1`` bytes of it (a device or
+    a growing file whose size says nothing, like ``/dev/zero``): :class:`ObjectTooLarge`."""
     fs, path = filesystem_for(uri)
 
     def read() -> bytes:
+        if max_bytes is not None:
+            size = fs.size(path)
+            if size is not None and size > max_bytes:
+                raise ObjectTooLarge(uri, int(size), max_bytes)
         with fs.open(path, "rb") as handle:
-            return handle.read()
+            data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLarge(uri, len(data), max_bytes)
+        return data
 
     return with_retries("read", uri, read, retry)
+
+
+def reachable(uri: str, timeout_s: float = 10.0) -> bool:
+    """Whether the store holding ``uri`` answers at all (one quick try, no retries).
+
+    Tells a store that is down as a whole (the job's failure) from one key that keeps
+    failing (that track's, retryable): after a :class:`StorageError` on a key, a store
+    that still lists the key's bucket root is up. Local paths are always reachable.
+    """
+    if is_local(uri):
+        return True
+    fs, path = filesystem_for(uri)
+    bucket = path.split("/", 1)[0]
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            fs.invalidate_cache(bucket)
+            fs.ls(bucket, detail=False)
+            result.append(True)
+        except FileNotFoundError:
+            result.append(True)  # the store answered: no such bucket
+        except Exception:  # noqa: BLE001 - any other failure is "does not answer"
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(result and result[0])
 
 
 def write_bytes(uri: str, data: bytes, *, retry: RetryPolicy | None = None) -> None:

@@ -131,19 +131,8 @@ def has_password(uri: str) -> bool:
 
 
 def redact_uri(uri: str) -> str:
-    """``uri`` fit for a message: the userinfo of each URL part replaced by ``***``."""
-    if "@" not in uri:
-        return uri
-    parts = []
-    for part in uri.split("::"):
-        match = _SCHEME.match(part)
-        if match:
-            rest = part[match.end():]
-            netloc, sep, tail = rest.partition("/")
-            if "@" in netloc:
-                part = f"{match.group(0)}***@{netloc.rsplit('@', 1)[1]}{sep}{tail}"
-        parts.append(part)
-    return "::".join(parts)
+    """``uri`` fit for a message (:func:`mgc.io.storage.redact`: no userinfo, no query string)."""
+    return storage.redact(uri)
 
 
 

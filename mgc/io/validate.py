@@ -11,13 +11,18 @@ uris, ``genres``/``moods`` always lists of strings, ``split`` one of
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mgc.config import SPLITS, TASKS, label_column
+from mgc.io import storage
 from mgc.io.uris import (
     ALLOW_HTTP_ENV,
     HTTP_SCHEMES,
@@ -332,4 +337,52 @@ def _uri_problems(uris: list[str | None], allowed: tuple[str, ...]) -> list[str]
             f"uri carries a password (scheme://user:password@...) at rows {row_list(secret_rows)}; "
             "give credentials through the environment, never inside a manifest"
         )
+    return problems
+
+
+ALLOW_LOCAL_ENV = "MGC_ALLOW_LOCAL_URIS"
+"""Environment switch (``1``): a remote manifest may name local paths (workers read them)."""
+ALLOW_OTHER_BUCKETS_ENV = "MGC_ALLOW_OTHER_BUCKETS"
+"""Environment switch (``1``): a remote manifest's uris may leave its bucket."""
+_URL = r"^[A-Za-z][A-Za-z0-9+.\-]*://"
+
+
+def _switch(value: bool | None, env: str) -> bool:
+    if value is not None:
+        return value
+    return os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def locality_problems(uris: Sequence[str] | pa.Array | pa.ChunkedArray, manifest_uri: str, *,
+                      allow_local: bool | None = None, allow_other_buckets: bool | None = None) -> list[str]:
+    """What a *remote* manifest's resolved track uris may not do (a local one may do both).
+
+    A manifest on object storage is written by someone else than the workers that read
+    it, and those workers hold credentials and a local disk: it may not point them at
+    local paths (``/dev/zero``, ``/proc/...``, another user's files) unless
+    ``allow_local`` (``--allow-local-uris``, :data:`ALLOW_LOCAL_ENV`), and its uris may not
+    leave the manifest's bucket (``../../other-bucket/...`` collapses out of it) unless
+    ``allow_other_buckets`` (:data:`ALLOW_OTHER_BUCKETS_ENV`). Vectorised (Arrow): it runs
+    over 10M-row catalogs.
+    """
+    if storage.is_local(manifest_uri):
+        return []
+    column = pa.array(list(uris), pa.string()) if not isinstance(uris, (pa.Array, pa.ChunkedArray)) else uris
+    is_url = pc.match_substring_regex(column, _URL)
+    local = pc.or_(pc.invert(is_url), pc.match_substring_regex(column, r"^(file|local)://"))
+    problems = []
+    if not _switch(allow_local, ALLOW_LOCAL_ENV):
+        rows = pc.indices_nonzero(pc.fill_null(local, False)).to_pylist()
+        if rows:
+            problems.append(f"local paths in a remote manifest at rows {row_list(rows)} (workers would read "
+                            f"their own disks; pass --allow-local-uris or set {ALLOW_LOCAL_ENV}=1 to allow)")
+    if not _switch(allow_other_buckets, ALLOW_OTHER_BUCKETS_ENV):
+        protocol, path = fsspec.core.split_protocol(manifest_uri)
+        bucket = path.split("/", 1)[0]
+        own = pc.starts_with(column, f"{protocol}://{bucket}/")
+        elsewhere = pc.and_(pc.and_(is_url, pc.invert(local)), pc.invert(own))
+        rows = pc.indices_nonzero(pc.fill_null(elsewhere, False)).to_pylist()
+        if rows:
+            problems.append(f"uris outside the manifest's bucket {protocol}://{bucket}/ at rows {row_list(rows)} "
+                            f"(pass --allow-other-buckets or set {ALLOW_OTHER_BUCKETS_ENV}=1 to allow)")
     return problems

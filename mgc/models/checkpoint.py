@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import pickle
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,12 +131,30 @@ def local_copy(uri: str | Path) -> Iterator[Path]:
         yield storage.download_dir(uri, Path(tmp) / "checkpoint")
 
 
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""A checkpoint name: it becomes part of a partition path (``model_id=<name>-<hash>``), so
+letters, digits, ``.``, ``_`` and ``-`` only, not starting with a dot or a dash, and no
+``..``: a name like ``a/../../x`` must never steer a write (or ``--retag``'s delete)."""
+
+
+def check_name(name: str) -> str:
+    """``name`` when it is a safe checkpoint name, else :class:`CheckpointError`."""
+    if not SAFE_NAME.match(name) or ".." in name:
+        raise CheckpointError(f"unsafe checkpoint name {name!r}: use letters, digits, '.', '_' and '-' only "
+                              "(it becomes part of the output partition's path)")
+    return name
+
+
 def model_id(directory: str | Path, meta: CheckpointMeta | None = None) -> str:
-    """``<name>-<first 10 hex of sha256(model.pt)>``: same weights, same id."""
+    """``<name>-<first 10 hex of sha256(model.pt + mgc.json)>``: the same weights *and* the
+    same labels, thresholds and front end give the same id; retuned thresholds do not."""
     directory = Path(directory)
     meta = meta or read_meta(directory)
-    digest = hashlib.sha256((directory / MODEL_FILE).read_bytes()).hexdigest()[:10]
-    return f"{meta.name}-{digest}"
+    digest = hashlib.sha256()
+    for name in (MODEL_FILE, META_FILE):
+        digest.update((directory / name).read_bytes())
+        digest.update(b"\0")
+    return f"{check_name(meta.name)}-{digest.hexdigest()[:10]}"
 
 
 def load_checkpoint(uri: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:

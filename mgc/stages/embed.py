@@ -35,7 +35,7 @@ import torch
 
 from mgc.io import storage
 from mgc.config import AudioConfig, DataConfig
-from mgc.stages.decode import ERROR, MEL, WINDOWS, DecodeMel, track_dataset
+from mgc.stages.decode import ERROR, MEL, WINDOWS, DecodeMel, limits, track_dataset
 from mgc.models.efficientat import WeightsError, resolve_weights, sha256_of
 from mgc.audio.logmel import torch_frontend
 from mgc.models.zoo import ARCHITECTURES, TaggerModel
@@ -47,7 +47,7 @@ EMBEDDING = "embedding"
 CACHE_FORMAT = 1
 """Bumped whenever what an embedding means changes (pooling, layer): old keys then miss."""
 BACKBONE_FILE = "backbone.json"
-# Windows per forward pass on CPU (as mgc.tagging.job.CPU_MAX_BATCH: activations stay in cache).
+# Windows per forward pass on CPU (as mgc.tagging.actors.CPU_MAX_BATCH: activations stay in cache).
 CPU_BATCH = 16
 # Tracks per cache file: a few MB each (mn04, ten 3 s windows a track).
 WRITE_ROWS = 512
@@ -95,7 +95,7 @@ class Embedder:
 
     def __init__(self, arch: str, weights_file: str, weights_sha256: str, audio: dict[str, Any],
                  decode: bool = True, use_gpu: bool = False, torch_threads: int = 1, batch_size: int = 64,
-                 pretrained: str | None = None):
+                 pretrained: str | None = None, limits: dict[str, Any] | None = None):
         if pretrained and not Path(weights_file).exists():  # another node: its own hub cache
             weights_file = str(resolve_weights(arch, pretrained, None))
         # The cache key names these exact weights: a node holding another file at that
@@ -108,7 +108,7 @@ class Embedder:
             torch.set_num_threads(max(1, int(torch_threads)))
         self.model = backbone_model(arch, weights_file, self.device)
         self.cfg = AudioConfig.from_dict(audio)
-        self.decoder = DecodeMel(audio, MEL) if decode else None
+        self.decoder = DecodeMel(audio, MEL, **(limits or {})) if decode else None
         self.frontend = None if decode else torch_frontend(self.cfg).to(self.device)
         self.batch_size = CPU_BATCH if self.device.type == "cpu" else batch_size
 
@@ -179,7 +179,7 @@ def embed_dataset(table: pd.DataFrame, spec: BackboneSpec, weights_file: str, da
     ids = table[["track_id", "uri"]].reset_index(drop=True)
     blocks = [ids.iloc[start : start + rows] for start in range(0, len(ids), rows)]
     return ray.data.from_pandas(blocks or [ids]).map_batches(
-        Embedder, fn_constructor_kwargs={**kwargs, "decode": True, "torch_threads": 1},
+        Embedder, fn_constructor_kwargs={**kwargs, "decode": True, "torch_threads": 1, "limits": limits(data)},
         batch_size=rows, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
     )

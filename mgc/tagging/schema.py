@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from mgc.config import TASKS, TaskSpec, label_column
+from mgc.io.storage import redact
 
 PARTITION = "model_id"
 # Per-task top-1 columns the predictions contract names (docs/architecture.md); a task's
@@ -98,7 +99,7 @@ def build_table(
     stamp = tagged_at or datetime.now(timezone.utc)
     columns: dict[str, list] = {
         "track_id": list(track_ids),
-        "uri": list(uris),
+        "uri": [redact(u) for u in uris],  # presigned-URL signatures do not belong in outputs
         "tagged_at": [stamp] * n,
         "duration_s": [None if not np.isfinite(d) else float(d) for d in durations],
         "n_segments": [int(s) for s in n_segments],

@@ -188,13 +188,14 @@ class FeatureExtractor:
     features and never stops the job.
     """
 
-    def __init__(self, audio: dict[str, Any]):
+    def __init__(self, audio: dict[str, Any], track_timeout: float | None = None, max_bytes: int | None = None):
         self.cfg = AudioConfig.from_dict(audio)
+        self.limits = (max_bytes, track_timeout)
         self.width = len(feature_names(self.cfg))
 
     def _one(self, uri: str) -> tuple[np.ndarray, str | None]:
         try:
-            return track_features(load_track(uri, self.cfg).windows, self.cfg), None
+            return track_features(load_track(uri, self.cfg, *self.limits).windows, self.cfg), None
         except Exception as err:  # noqa: BLE001 - classified (or re-raised) by track_error
             return np.full(self.width, np.nan, dtype=np.float32), track_error(err)
 
@@ -212,14 +213,14 @@ def extract_features(table: pd.DataFrame, audio: AudioConfig, data: DataConfig) 
     Runs on Ray Data actors sized like the CNN's decode stage (``data``); rows come back
     aligned with ``table`` (matched on ``track_id``, unique in a manifest).
     """
-    from mgc.stages.decode import decode_concurrency
+    from mgc.stages.decode import decode_concurrency, limits
 
     columns = table[["track_id", "uri"]].reset_index(drop=True)
     size = max(1, data.decode_batch_size)
     blocks = [columns.iloc[start : start + size] for start in range(0, len(columns), size)]
     dataset = ray.data.from_pandas(blocks or [columns]).map_batches(
         FeatureExtractor,
-        fn_constructor_kwargs={"audio": audio.to_dict()},
+        fn_constructor_kwargs={"audio": audio.to_dict(), **limits(data)},
         batch_size=size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=min(decode_concurrency(data), max(1, len(blocks)))),
