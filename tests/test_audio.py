@@ -11,7 +11,22 @@ import pytest
 import soundfile as sf
 
 from mgc.audio import decode as audio
-from mgc.audio.decode import CORRUPT, EMPTY, FETCH_FAILED, MISSING, NOT_AUDIO, REASONS, SILENT, TOO_SHORT, AudioError, DecodedTrack, cut_windows, decode, fetch
+from mgc.audio.decode import (
+    CORRUPT,
+    EMPTY,
+    FETCH_FAILED,
+    MISSING,
+    NOT_AUDIO,
+    REASONS,
+    RETRYABLE,
+    SILENT,
+    TOO_SHORT,
+    AudioError,
+    DecodedTrack,
+    cut_windows,
+    decode,
+    fetch,
+)
 from mgc.audio.track import load_track
 from mgc.config import AudioConfig
 
@@ -54,7 +69,9 @@ def reason_of(uri: str, cfg: AudioConfig = CFG) -> str:
 
 
 def test_reasons_and_error_contract():
-    assert REASONS == (MISSING, EMPTY, NOT_AUDIO, CORRUPT, TOO_SHORT, SILENT, FETCH_FAILED)
+    assert REASONS == (MISSING, EMPTY, NOT_AUDIO, CORRUPT, TOO_SHORT, SILENT, FETCH_FAILED,
+                       "storage", "timeout", "too_large", "crashed")
+    assert RETRYABLE == {MISSING, FETCH_FAILED, "storage", "timeout"}
     err = AudioError(CORRUPT, "s3://b/k.wav", "truncated")
     assert (err.reason, err.uri, err.detail, str(err)) == (
         "corrupt", "s3://b/k.wav", "truncated", "corrupt: truncated"

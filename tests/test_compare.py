@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
-
 from conftest import SHARED
-from mgc.models.checkpoint import read_meta
-from mgc.training.compare import ComparisonError, archs_to_compare, markdown_table, run_comparison, steady_samples_per_s
+
 from mgc.config import CompareConfig, DataConfig, TrainConfig
 from mgc.log import configure_logging
+from mgc.models.checkpoint import read_meta
 from mgc.models.zoo import build_model, count_parameters
+from mgc.training.compare import ComparisonError, archs_to_compare, markdown_table, run_comparison, steady_samples_per_s
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED
-from mgc.models import efficientat
-from mgc.audio.track import load_track
-from mgc.models.checkpoint import CheckpointError, CheckpointMeta, read_meta, save_checkpoint
-from mgc.config import ARCH_AUDIO, EFFICIENTAT_AUDIO, AudioConfig, FrontendError, TagConfig, TaskSpec, TrainConfig
-from mgc.models.efficientat import MUSIC_CLASS, WeightsError, audioset_tagger, build_mobilenet, load_weights
+
 from mgc.audio.efficientat_frontend import EfficientATLogMel, kaldi_mel_banks
 from mgc.audio.logmel import log_mel, torch_frontend
+from mgc.audio.track import load_track
+from mgc.config import ARCH_AUDIO, EFFICIENTAT_AUDIO, AudioConfig, FrontendError, TagConfig, TaskSpec, TrainConfig
+from mgc.models import efficientat
+from mgc.models.checkpoint import CheckpointError, CheckpointMeta, read_meta, save_checkpoint
+from mgc.models.efficientat import MUSIC_CLASS, WeightsError, audioset_tagger, build_mobilenet, load_weights
 from mgc.models.zoo import ARCHITECTURES, build_model
 from mgc.tagging.job import run_tagging
 

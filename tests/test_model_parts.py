@@ -7,15 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from mgc.models.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, model_id, save_checkpoint
 from mgc.cli import dataclass_from_args, train_parser
 from mgc.config import AudioConfig, TaskSpec, TrainConfig
+from mgc.datasets.splits import assign_splits
 from mgc.evaluation.metrics import task_metrics, tune_thresholds
 from mgc.io.validate import validate_manifest
-from mgc.models.zoo import ARCHITECTURES, build_model
-from mgc.models.inference import predict_tracks
-from mgc.datasets.splits import assign_splits
 from mgc.labels import encode_targets, resolve_tasks
+from mgc.models.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, model_id, save_checkpoint
+from mgc.models.inference import predict_tracks
+from mgc.models.zoo import ARCHITECTURES, build_model
 
 AUDIO = AudioConfig()
 TASKS = {"genre": TaskSpec("multiclass", ("jazz", "rock", "pop")), "mood": TaskSpec("multilabel", ("happy", "sad"))}

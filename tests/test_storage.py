@@ -23,7 +23,7 @@ import pytest
 import s3fs
 
 from conftest import REPO, S3_ENV, copy_tree
-from mgc.io import storage
+from mgc.io import lease, storage
 from mgc.io.storage import RetryPolicy, StorageError
 
 FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05, deadline_s=2.0)
@@ -393,14 +393,22 @@ def assert_whole_files_of_fine_tracks(tables: list) -> None:
 def test_tag_job_fails_cleanly_when_the_store_goes_down_mid_run(dead_store, s3_endpoint, small_demo, tmp_path):
     """`jobs/tag.py` reading audio from and writing predictions to S3; the endpoint dies after
     the first files land. The job exits non-zero naming the endpoint, and leaves only whole
-    Parquet files of fine tracks: no half-written object, no `.tmp` object."""
+    Parquet files of fine tracks: no half-written object, no `.tmp` object. The partition's
+    lease cannot be released on a dead store; what is left of it must be a whole lease whose
+    holder (this job, now gone) a rerun on this host recognises as abandoned."""
     _, bucket, _ = dead_store
     prefix = f"{bucket}/preds"
     tag_until_the_store_dies(dead_store, s3_endpoint, small_demo, tmp_path, f"s3://{prefix}",
                              lambda: any(k.endswith(".parquet") for k in live_keys(s3_endpoint, prefix)))
     keys = live_keys(s3_endpoint, prefix)
-    assert all(key.rsplit("/", 1)[1].startswith("part-") and key.endswith(".parquet") for key in keys), keys
+    leases = [key for key in keys if key.rsplit("/", 1)[1] == lease.LEASE_NAME]
+    keys = [key for key in keys if key not in leases]
+    assert keys and all(key.rsplit("/", 1)[1].startswith("part-") and key.endswith(".parquet")
+                        for key in keys), keys
     live = s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True)
+    for key in leases:
+        info = lease.LeaseInfo.decode(live.cat_file(key))
+        assert info.holder.gone(), info
     assert_whole_files_of_fine_tracks([pq.read_table(live.open(key, "rb")) for key in keys])
 
 

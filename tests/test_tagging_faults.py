@@ -154,3 +154,38 @@ def test_a_key_that_keeps_failing_is_a_row_but_a_store_that_is_down_fails_the_jo
     finally:
         os.environ["AWS_ENDPOINT_URL"] = saved
         s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_actors_refuse_a_checkpoint_that_is_not_the_planned_one(tmp_path):
+    from mgc.tagging.actors import TaggerSpec
+
+    checkpoint = make_checkpoint(tmp_path / "ckpt")
+    spec = TaggerSpec(checkpoints=(checkpoint,), model_ids=("cnn-0000000000",), partition=str(tmp_path / "p"))
+    with pytest.raises(CheckpointError, match=r"is now cnn-\w+, not the cnn-0000000000 this run planned with"):
+        DecodeTagger(spec.to_dict())
+    DecodeTagger(TaggerSpec(checkpoints=(checkpoint,), model_ids=(model_id(checkpoint),),
+                            partition=str(tmp_path / "p")).to_dict())  # the right one loads
+
+
+def test_credentials_in_query_strings_never_reach_errors_or_rows():
+    from mgc.audio.decode import AudioError
+    from mgc.io.storage import redact
+    from mgc.tagging.schema import PredictionSchema, build_table
+
+    uri = "s3://bucket/audio/a.mp3?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=deadbeef"
+    assert redact(uri) == "s3://bucket/audio/a.mp3?<redacted>"
+    assert redact("https://user:secret@host/a.mp3?sig=1") == "https://***@host/a.mp3?<redacted>"
+    assert redact("/music/what?.mp3") == "/music/what?.mp3", "a plain path keeps its name"
+    err = AudioError("missing", uri, f"no such object: {uri}")
+    assert "deadbeef" not in str(err) and "AKIA" not in str(err)
+    table = build_table(PredictionSchema({"genre": GENRE}), ["t"], [uri], [1.0], [0], ["missing: x"],
+                        {"genre": np.zeros((0, 2), np.float32)})
+    assert table.column("uri").to_pylist() == ["s3://bucket/audio/a.mp3?<redacted>"]
+
+
+def test_gpu_calls_are_bounded_by_their_windows():
+    from mgc.tagging.job import _gpu_rows
+
+    assert _gpu_rows(TagConfig(rows_per_file=1024, max_windows=32, gpu_window_budget=8192)) == 256
+    assert _gpu_rows(TagConfig(rows_per_file=1024, gpu_window_budget=8192)) == 819  # 10 windows a track assumed
+    assert _gpu_rows(TagConfig(rows_per_file=64, max_windows=8)) == 64

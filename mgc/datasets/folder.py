@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from mgc.config import TASKS, label_column
-from mgc.datasets.common import DatasetSpec, AUDIO_EXTENSIONS, DatasetBuild, audio_prefix, list_files, make_manifest
+from mgc.datasets.common import AUDIO_EXTENSIONS, DatasetBuild, DatasetSpec, audio_prefix, list_files, make_manifest
 
 NO_TASK = "none"
 
