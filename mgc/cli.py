@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 from mgc.io import storage
 from mgc.log import configure_logging
-from mgc.config import AudioConfig, AugmentConfig, CompareConfig, DataConfig, TagConfig, TrainConfig
+from mgc.config import (AudioConfig, AugmentConfig, CompareConfig, DataConfig, IndexConfig, ReportConfig, TagConfig,
+                        TrainConfig)
 from mgc.log import get_logger
 
 log = get_logger()
@@ -188,14 +189,72 @@ def predict_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def index_parser() -> argparse.ArgumentParser:
+    return config_parser(
+        IndexConfig,
+        "jobs/index.py",
+        "Build (or extend with the newly tagged tracks) a vector index over the embedding column of "
+        "one model_id partition of the predictions: exact below --exact-below tracks, IVF-PQ above.",
+    )
+
+
+def report_parser() -> argparse.ArgumentParser:
+    return config_parser(
+        ReportConfig,
+        "jobs/catalog_report.py",
+        "Write report.md and PNGs about one model_id partition of the predictions: genres, moods x "
+        "genres, confidence, failures by reason, tracks tagged over time.",
+    )
+
+
+def similar_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mgc similar",
+        description="The catalog tracks nearest to a catalog track (its track_id) or to an audio file.",
+    )
+    parser.add_argument("query", help="a track_id of the indexed catalog, or an audio file (local or s3://)")
+    parser.add_argument("--index", required=True, help="the index folder jobs/index.py wrote (local or s3://)")
+    parser.add_argument("--top-k", type=int, default=10, help="neighbours shown (default: 10)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+    parser.add_argument("--plot", default=None, help="also draw the query's and neighbours' tag profiles to this PNG")
+    parser.add_argument("--checkpoint", action="append", default=[],
+                        help="checkpoints to embed a file with (default: those the index records)")
+    parser.add_argument("--nprobe", type=int, default=IndexConfig.nprobe, help="IVF lists probed per query")
+    return parser
+
+
+def _similar(argv: list[str]) -> int:
+    from mgc.catalog.index import IndexError_, load_index
+    from mgc.catalog.similar import format_result, plot_result, similar, to_json
+
+    args = similar_parser().parse_args(argv)
+    try:
+        index = load_index(args.index, IndexConfig(nprobe=args.nprobe))
+        result = similar(index, args.query, args.top_k, args.checkpoint)
+        print(to_json(result) if args.json else format_result(result))
+        if args.plot:
+            print(f"plot: {plot_result(index, result, args.plot)}", file=sys.stderr if args.json else sys.stdout)
+    except (IndexError_, ValueError, OSError) as err:
+        print(f"mgc similar: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+USAGE = ("usage: mgc predict FILE... --checkpoint DIR [--checkpoint DIR] [--top-k K] [--plot out.png]\n"
+         "       mgc similar TRACK_ID|FILE --index URI [--top-k K] [--json] [--plot out.png]\n"
+         "       (training, tagging, indexing: python jobs/train.py, jobs/tag.py, jobs/index.py)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``mgc`` console script: ``mgc predict FILE... --checkpoint DIR [--plot out.png]``."""
+    """The ``mgc`` console script: ``mgc predict FILE... --checkpoint DIR`` and
+    ``mgc similar QUERY --index URI``."""
     from mgc.tagging.files import format_table, plot_predictions, predict_files
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "similar":
+        return _similar(argv[1:])
     if not argv or argv[0] != "predict":
-        print("usage: mgc predict FILE... --checkpoint DIR [--checkpoint DIR] [--top-k K] [--plot out.png]\n"
-              "       (training and catalog tagging: python jobs/train.py, python jobs/tag.py)")
+        print(USAGE)
         return 2
     args = predict_parser().parse_args(argv[1:])
     results = predict_files(args.files, args.checkpoint)

@@ -365,6 +365,53 @@ class TagConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    """A vector index over one predictions partition's embeddings (`jobs/index.py` flags);
+    the search knobs (``nprobe``, ``refine_factor``) are also `mgc similar` flags."""
+
+    predictions: str = ""
+    output: str = ""
+    # The partition to index (None: the only one under --predictions).
+    model_id: str | None = None
+    # The checkpoints that tagged the partition, recorded so `mgc similar FILE` can embed a
+    # new file the same way; checked against the partition's model_id.
+    checkpoint: tuple[str, ...] = ()
+    # auto: exact (flat) below exact_below vectors, IVF-PQ above; or flat / ivfpq.
+    kind: str = "auto"
+    exact_below: int = 200_000
+    # IVF lists (None: about 4 sqrt(n)) and PQ sub-vectors (the largest divisor of the
+    # embedding size up to this).
+    nlist: int | None = None
+    pq_m: int = 64
+    # Vectors sampled (reservoir, seeded) to train IVF-PQ.
+    train_size: int = 100_000
+    # Lists probed per query, and candidates re-ranked per neighbour with the stored vectors.
+    nprobe: int = 32
+    refine_factor: int = 10
+    # Rows read per batch from the predictions.
+    batch_rows: int = 20_000
+    # Build from scratch instead of adding only new rows.
+    rebuild: bool = False
+    # Retrain an IVF-PQ index once it holds this many times the vectors it was trained for.
+    rebuild_growth: float = 4.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The catalog report (`jobs/catalog_report.py` flags)."""
+
+    predictions: str = ""
+    output: str = "runs/catalog-report"
+    # The partition to report on (None: the only one under --predictions).
+    model_id: str | None = None
+    # Rows read per batch; the aggregates are counts, so memory does not grow with the catalog.
+    batch_rows: int = 100_000
+    # Bins of the score histograms over [0, 1].
+    bins: int = 20
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One head: its type, label vocabulary (head output order) and per-tag thresholds."""
 

@@ -16,7 +16,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("mgc.audio",),
     ("mgc.models",),
     ("mgc.stages", "mgc.evaluation", "mgc.datasets"),
-    ("mgc.training", "mgc.tagging", "mgc.evaluation.job"),
+    ("mgc.training", "mgc.tagging", "mgc.catalog", "mgc.evaluation.job"),
     ("mgc.cli",),
 ]
 

@@ -101,11 +101,21 @@ def read_meta(directory: str | Path) -> CheckpointMeta:
     """``mgc.json`` of the checkpoint ``directory`` (a local path or any fsspec URL)."""
     uri = storage.join(str(directory), META_FILE)
     if not storage.exists(uri):
-        raise CheckpointError(f"{directory} is not an mgc checkpoint: {META_FILE} is missing")
+        raise CheckpointError(_not_a_checkpoint(str(directory), META_FILE))
     try:
         return CheckpointMeta.from_json(storage.read_bytes(uri).decode())
     except CheckpointError as err:
         raise CheckpointError(f"{directory}: {err}") from err
+
+
+def _not_a_checkpoint(directory: str, missing: str) -> str:
+    """The error for a directory without ``missing``; a training run folder (which holds its
+    checkpoint in ``checkpoint/``) is the usual mistake, so the message names that path."""
+    inner = storage.join(directory, "checkpoint")
+    if storage.exists(storage.join(inner, META_FILE)):
+        return (f"{storage.redact(directory)} is a training run folder, not a checkpoint: "
+                f"use {storage.redact(inner)}")
+    return f"{storage.redact(directory)} is not an mgc checkpoint: {missing} is missing"
 
 
 @dataclass
@@ -166,7 +176,7 @@ def load_checkpoint(uri: str | Path, device: str | torch.device = "cpu") -> Load
     uri = str(uri)
     with local_copy(uri) as local:
         if not (local / MODEL_FILE).exists():
-            raise CheckpointError(f"{uri} is not an mgc checkpoint: {MODEL_FILE} is missing")
+            raise CheckpointError(_not_a_checkpoint(uri, MODEL_FILE))
         meta = read_meta(local)
         try:
             state = torch.load(local / MODEL_FILE, map_location="cpu", weights_only=True)

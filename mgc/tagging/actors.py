@@ -164,6 +164,18 @@ class Tagger:
         return self._write(batch, errors, probs, embeddings, time.perf_counter() - started)
 
 
+# Summary-only error of tracks not tagged because their store is down: never written to
+# the predictions (the tracks are fine and a rerun tags them); the driver fails the job.
+OUTAGE = "outage"
+
+
+def outage_rows(track_ids: np.ndarray, message: str) -> dict[str, np.ndarray]:
+    """Summary rows for a batch left untagged by a storage outage (``message``: its StorageError)."""
+    ids = np.array([str(t) for t in track_ids], dtype=object)
+    return {"track_id": ids, ERROR: np.array([f"{OUTAGE}: {message}"] * len(ids), dtype=object),
+            "busy_s": np.zeros(len(ids), dtype=np.float64)}
+
+
 # Windows per forward pass on CPU, at most: measured on one core, 8-16 windows of
 # [128, 130] run 1.5-2x faster per window than 64 (the activations stay in cache).
 CPU_MAX_BATCH = 16
@@ -206,6 +218,7 @@ class DecodeTagger:
     """
 
     def __init__(self, spec: dict[str, Any], torch_threads: int = 1):
+        self.outage: str | None = None  # the StorageError of a store found down, until it answers again
         torch.set_num_threads(max(1, int(torch_threads)))
         spec = {**spec, "batch_size": min(spec["batch_size"], CPU_MAX_BATCH)}
         self.tagger = Tagger(spec, use_gpu=False)
@@ -216,6 +229,25 @@ class DecodeTagger:
         self.tagger.models = [optimized_for_cpu(m, example) for m in self.tagger.models]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Tag the batch; while its store is down, answer at once with :data:`OUTAGE` rows.
+
+        A store down as a whole is the job's failure, not the tracks' (:func:`track_error`).
+        Raising here would only drop this block: Ray Data goes on with every other block,
+        each waiting out its storage retries. So the first :class:`StorageError` is kept,
+        this and later calls return summary rows marked :data:`OUTAGE` (nothing written)
+        after one quick probe, and the driver fails the job on seeing them.
+        """
+        probe = [str(batch["uri"][0]), self.tagger.partition] if len(batch["uri"]) else []
+        if self.outage is not None and not all(storage.reachable(uri, timeout_s=2.0) for uri in probe):
+            return outage_rows(batch["track_id"], self.outage)
+        self.outage = None
+        try:
+            return self._tag(batch)
+        except storage.StorageError as err:
+            self.outage = str(err)
+            return outage_rows(batch["track_id"], self.outage)
+
+    def _tag(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tagger = self.tagger
         errors: list[str | None] = []
         durations: list[float] = []

@@ -44,7 +44,7 @@ from mgc.io.validate import ManifestError, locality_problems
 from mgc.log import get_logger
 from mgc.models.checkpoint import CheckpointMeta, local_copy, model_id, read_meta
 from mgc.stages.decode import ERROR, WINDOWS, arrow_blocks, limits, track_dataset
-from mgc.tagging.actors import DecodeTagger, Tagger, TaggerSpec
+from mgc.tagging.actors import OUTAGE, DecodeTagger, Tagger, TaggerSpec
 from mgc.tagging.partition import drop_superseded, partition_uri, remove_parts, write_rows
 from mgc.tagging.plan import partition_rows, untagged
 from mgc.tagging.schema import PredictionSchema, build_table, combined_tasks
@@ -182,8 +182,14 @@ def _run_rounds(cfg: TagConfig, todo: pa.Table, spec: TaggerSpec, schema: Predic
         lease.assert_held()
         started = time.time()
         stage = _stage(cfg, left, spec, rows, audio, cpu_actor, isolating=left is not todo)
-        # Blocks of fine tracks only come back with a null-typed error column: one schema.
-        tables = [t.select(SUMMARY_SCHEMA.names).cast(SUMMARY_SCHEMA) for t in ray.get(stage.to_arrow_refs()) if t.num_rows]
+        # Summary blocks as they finish (a few rows per call); blocks of fine tracks only come
+        # back with a null-typed error column: one schema. The first block an actor marked as
+        # an outage ends the stream (and the job) at once.
+        tables = []
+        for block in stage.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if block.num_rows:
+                tables.append(block.select(SUMMARY_SCHEMA.names).cast(SUMMARY_SCHEMA))
+                _refuse_reported_outage(tables[-1], left.num_rows - sum(t.num_rows for t in tables))
         done = pa.concat_tables(tables) if tables else SUMMARY_SCHEMA.empty_table()
         results.append(done.select(["track_id", ERROR]))
         if cfg.use_gpu:
@@ -203,6 +209,18 @@ def _run_rounds(cfg: TagConfig, todo: pa.Table, spec: TaggerSpec, schema: Predic
                     missing.num_rows, rows)
         left = missing
     return pa.concat_tables([r.cast(SUMMARY_SCHEMA.remove(2)) for r in results])
+
+
+def _refuse_reported_outage(block: pa.Table, not_yet_seen: int) -> None:
+    """An actor that found the store down answered with :data:`OUTAGE` rows: the job fails,
+    with the store's own error (the endpoint and the uri it could not reach)."""
+    marked = pc.starts_with(pc.fill_null(block.column(ERROR), ""), f"{OUTAGE}: ")
+    count = pc.sum(marked).as_py() or 0
+    if count:
+        first = block.column(ERROR).filter(marked)[0].as_py().removeprefix(f"{OUTAGE}: ")
+        untagged_count = count + not_yet_seen
+        raise storage.StorageError(f"{first}; {untagged_count} track(s) untagged; run again when it answers",
+                                   uri="", endpoint="")
 
 
 def _refuse_outage(missing: pa.Table, partition: str) -> None:

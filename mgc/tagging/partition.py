@@ -39,7 +39,35 @@ def partition_uri(output: str, run_id: str) -> str:
     return storage.join(output, f"{PARTITION}={run_id}")
 
 
-def _dataset(partition: str) -> pads.Dataset | None:
+def model_ids(output: str) -> list[str]:
+    """The model ids with a partition under the predictions root ``output``, sorted."""
+    if not storage.exists(output):
+        return []
+    fs, path = storage.filesystem_for(output)
+    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)]
+    return sorted(n.split("=", 1)[1] for n in names if n.startswith(f"{PARTITION}="))
+
+
+def resolve_partition(output: str, model_id: str | None) -> tuple[str, str]:
+    """``(model_id, partition uri)`` of one model set's predictions under ``output``.
+
+    Without ``model_id`` the root must hold exactly one partition; otherwise the error
+    lists the ones it holds, so the user can pick with ``--model-id``.
+    """
+    found = model_ids(output)
+    if model_id is None:
+        if len(found) != 1:
+            raise ValueError(f"{storage.redact(output)} holds {len(found)} model_id partitions "
+                             f"({', '.join(found) or 'none'}): choose one with --model-id")
+        model_id = found[0]
+    elif model_id not in found:
+        raise ValueError(f"no partition {PARTITION}={model_id} under {storage.redact(output)}; "
+                         f"it holds: {', '.join(found) or 'none'}")
+    return model_id, partition_uri(output, model_id)
+
+
+def dataset(partition: str) -> pads.Dataset | None:
+    """The partition's predictions files as a pyarrow dataset (None when there is none yet)."""
     if not storage.exists(partition):
         return None
     filesystem, path = storage.pyarrow_filesystem(partition)
@@ -51,13 +79,13 @@ def partition_index(partition: str) -> pa.Table:
 
     One scan of three columns, batch by batch (bounded by the rows, not their scores).
     """
-    dataset = _dataset(partition)
+    data = dataset(partition)
     schema = pa.schema([("track_id", pa.string()), ("error", pa.string()),
                         ("tagged_at", pa.timestamp("us", tz="UTC")), ("file", pa.string())])
-    if dataset is None:
+    if data is None:
         return schema.empty_table()
     parts = []
-    for tagged in dataset.scanner(columns=list(INDEX_COLUMNS)).scan_batches():
+    for tagged in data.scanner(columns=list(INDEX_COLUMNS)).scan_batches():
         batch = tagged.record_batch
         if batch.num_rows:
             parts.append(pa.table({
@@ -128,11 +156,11 @@ def _uri_of(partition: str, path: str) -> str:
 
 def remove_parts(partition: str, lease_token: str) -> int:
     """``--retag``: delete every predictions file of the partition (the lease stays)."""
-    dataset = _dataset(partition)
-    if dataset is None:
+    data = dataset(partition)
+    if data is None:
         return 0
     check_holder(partition, lease_token)
-    files = [posixpath.basename(path) for path in dataset.files]
+    files = [posixpath.basename(path) for path in data.files]
     for name in files:
         storage.remove(storage.join(partition, name))
     return len(files)
