@@ -80,6 +80,7 @@ def test_exact_index_finds_same_genre_neighbours_adds_only_new_rows_and_cli_answ
     assert sorted(p.name for p in (tmp_path / "index").iterdir()) == [
         "index.json", "tracks-350.parquet", "vectors-350.faiss"], "the superseded files are removed"
 
+    capsys.readouterr()  # the builds' log lines (when a test before configured mgc's log)
     assert main(["similar", "t000310", "--index", out, "--top-k", "3", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     assert answer["model_id"] == "cnn-abc" and len(answer["neighbours"]) == 3
