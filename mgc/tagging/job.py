@@ -186,10 +186,12 @@ def _run_rounds(cfg: TagConfig, todo: pa.Table, spec: TaggerSpec, schema: Predic
         # back with a null-typed error column: one schema. The first block an actor marked as
         # an outage ends the stream (and the job) at once.
         tables = []
+        seen = 0
         for block in stage.iter_batches(batch_size=None, batch_format="pyarrow"):
             if block.num_rows:
                 tables.append(block.select(SUMMARY_SCHEMA.names).cast(SUMMARY_SCHEMA))
-                _refuse_reported_outage(tables[-1], left.num_rows - sum(t.num_rows for t in tables))
+                seen += block.num_rows
+                _refuse_reported_outage(tables[-1], left.num_rows - seen)
         done = pa.concat_tables(tables) if tables else SUMMARY_SCHEMA.empty_table()
         results.append(done.select(["track_id", ERROR]))
         if cfg.use_gpu:
